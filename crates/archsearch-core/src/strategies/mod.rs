@@ -1,0 +1,4 @@
+//! The search strategies that need no tensors. One file each.
+
+pub mod evolution;
+pub mod random;

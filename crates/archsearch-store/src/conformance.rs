@@ -1,0 +1,144 @@
+//! The conformance suite every storage backend must pass. Call
+//! [`run_all`] from the backend's tests with a factory of fresh, empty stores.
+
+use std::collections::BTreeMap;
+
+use archsearch_core::{Direction, TrialState};
+
+use crate::{Finish, NewStudy, NewTrial, Storage, StoreError};
+
+fn study(store: &mut dyn Storage, name: &str) -> i64 {
+    let new = NewStudy { name: name.into(), config: "seed = 1\n".into(), seed: 1, direction: Direction::Maximize };
+    store.open_study(&new).unwrap().0.id
+}
+
+fn trial(arch: &str) -> NewTrial {
+    NewTrial { arch: arch.into(), arch_json: format!("{{\"choices\":[{}]}}", arch.len()), seed: 9 }
+}
+
+fn complete(v: f64) -> Finish {
+    Finish {
+        state: TrialState::Complete,
+        value: Some(v),
+        metrics: BTreeMap::from([("acc".to_string(), v)]),
+        cost: 2.0,
+        error: None,
+    }
+}
+
+/// Runs every conformance check, each on a fresh store from `make`.
+pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
+    studies_open_once(make().as_mut());
+    ask_and_tell_record_trials_and_state(make().as_mut());
+    finished_trials_are_immutable(make().as_mut());
+    stale_state_is_handed_back(make().as_mut());
+    orphans_of_dead_owners_are_claimed(make().as_mut());
+    ask_can_decline(make().as_mut());
+}
+
+fn studies_open_once(s: &mut dyn Storage) {
+    let new = NewStudy { name: "a".into(), config: "x = 1\n".into(), seed: 5, direction: Direction::Minimize };
+    let (rec, created) = s.open_study(&new).unwrap();
+    assert!(created);
+    let again = NewStudy { config: "x = 2\n".into(), ..new };
+    let (rec2, created2) = s.open_study(&again).unwrap();
+    assert!(!created2);
+    assert_eq!(rec, rec2);
+    assert_eq!(rec2.config, "x = 1\n");
+    assert_eq!(rec2.direction, Direction::Minimize);
+    assert_eq!(rec2.seed, 5);
+    assert!(matches!(s.study("nope"), Err(StoreError::NoStudy(_))));
+    assert_eq!(s.studies().unwrap().len(), 1);
+}
+
+fn ask_and_tell_record_trials_and_state(s: &mut dyn Storage) {
+    let id = study(s, "s");
+    let started = s.ask(id, 0, "me", &mut |state, counts| {
+        assert!(state.is_none());
+        assert_eq!(counts.started, 0);
+        Ok(Some((b"state-1".to_vec(), trial("abc"))))
+    });
+    let started = started.unwrap().unwrap();
+    assert_eq!(started.number, 0);
+    s.report(started.trial_id, 2, 0.5).unwrap();
+    s.report(started.trial_id, 1, 0.25).unwrap();
+    let v = s.tell(id, started.trial_id, started.state_version, &complete(0.75), &mut |state| {
+        assert!(state.is_none(), "nobody else wrote");
+        Ok(b"state-2".to_vec())
+    });
+    let v = v.unwrap();
+    assert_eq!(s.strategy_state(id).unwrap(), Some((v, b"state-2".to_vec())));
+    let trials = s.trials(id).unwrap();
+    assert_eq!(trials.len(), 1);
+    let t = &trials[0];
+    assert_eq!((t.state, t.value, t.arch.as_str(), t.seed), (TrialState::Complete, Some(0.75), "abc", 9));
+    assert_eq!(t.metrics["acc"], 0.75);
+    assert_eq!(t.intermediate, vec![(1, 0.25), (2, 0.5)]);
+    assert!(t.finished_at.unwrap() >= t.started_at);
+    let counts = s.study("s").unwrap().counts;
+    assert_eq!((counts.started, counts.finished, counts.cost), (1, 1, 2.0));
+    // Failures carry their reason.
+    let st = s.ask(id, v, "me", &mut |_, _| Ok(Some((b"s3".to_vec(), trial("x"))))).unwrap().unwrap();
+    let fail = Finish { state: TrialState::Fail, value: None, metrics: BTreeMap::new(), cost: 0.0, error: Some("NaN loss".into()) };
+    s.tell(id, st.trial_id, st.state_version, &fail, &mut |_| Ok(b"s4".to_vec())).unwrap();
+    let t = &s.trials(id).unwrap()[1];
+    assert_eq!((t.state, t.error.as_deref(), t.number), (TrialState::Fail, Some("NaN loss"), 1));
+}
+
+fn finished_trials_are_immutable(s: &mut dyn Storage) {
+    let id = study(s, "s");
+    let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![1], trial("a"))))).unwrap().unwrap();
+    let v = s.tell(id, st.trial_id, st.state_version, &complete(1.0), &mut |_| Ok(vec![2])).unwrap();
+    let again = s.tell(id, st.trial_id, v, &complete(2.0), &mut |_| Ok(vec![3]));
+    assert!(matches!(again, Err(StoreError::Finished(_))), "{again:?}");
+    assert!(matches!(s.report(st.trial_id, 5, 1.0), Err(StoreError::Finished(_))));
+    assert_eq!(s.trials(id).unwrap()[0].value, Some(1.0));
+    assert_eq!(s.strategy_state(id).unwrap().unwrap().1, vec![2]);
+}
+
+fn stale_state_is_handed_back(s: &mut dyn Storage) {
+    let id = study(s, "s");
+    let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((b"A".to_vec(), trial("a"))))).unwrap().unwrap();
+    // A caller that knows an older version is handed the stored state.
+    let mut seen = None;
+    s.ask(id, 0, "other", &mut |state, counts| {
+        seen = state.map(|s| s.to_vec());
+        assert_eq!(counts.started, 1);
+        Ok(Some((b"B".to_vec(), trial("b"))))
+    })
+    .unwrap();
+    assert_eq!(seen.as_deref(), Some(&b"A"[..]));
+    let mut seen = None;
+    s.tell(id, st.trial_id, st.state_version, &complete(1.0), &mut |state| {
+        seen = state.map(|s| s.to_vec());
+        Ok(b"C".to_vec())
+    })
+    .unwrap();
+    assert_eq!(seen.as_deref(), Some(&b"B"[..]));
+}
+
+fn orphans_of_dead_owners_are_claimed(s: &mut dyn Storage) {
+    let id = study(s, "s");
+    let host = crate::hostname();
+    let dead = format!("{host}:999999999:1");
+    let me = crate::owner_id(42);
+    s.ask(id, 0, &dead, &mut |_, _| Ok(Some((vec![], trial("dead"))))).unwrap();
+    s.ask(id, 0, &me, &mut |_, _| Ok(Some((vec![], trial("mine"))))).unwrap();
+    s.ask(id, 0, "remote:1:1", &mut |_, _| Ok(Some((vec![], trial("remote"))))).unwrap();
+    let claimed = s.claim_orphans(id, &me, 3600.0).unwrap();
+    assert_eq!(claimed.iter().map(|t| t.arch.as_str()).collect::<Vec<_>>(), vec!["dead"]);
+    assert_eq!((claimed[0].owner.as_str(), claimed[0].attempts), (me.as_str(), 2));
+    // A remote owner without a heartbeat for longer than `stale_after` is gone too.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let claimed = s.claim_orphans(id, &me, 0.01).unwrap();
+    assert_eq!(claimed.iter().map(|t| t.arch.as_str()).collect::<Vec<_>>(), vec!["remote"]);
+}
+
+fn ask_can_decline(s: &mut dyn Storage) {
+    let id = study(s, "s");
+    assert!(s.ask(id, 0, "me", &mut |_, _| Ok(None)).unwrap().is_none());
+    assert_eq!(s.study("s").unwrap().counts.started, 0);
+    assert!(s.trials(id).unwrap().is_empty());
+    let e = s.ask(id, 0, "me", &mut |_, _| Err("budget config broken".into())).unwrap_err();
+    assert!(e.to_string().contains("budget config broken"));
+}

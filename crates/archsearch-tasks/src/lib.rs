@@ -1,0 +1,57 @@
+//! Evaluation tasks: what turns an architecture into a score.
+//!
+//! A [`Task`] evaluates one architecture of its space and returns the value
+//! the search maximises or minimises, the other metrics worth recording, and
+//! the (real or simulated) cost of the evaluation. Tabular tasks look the
+//! answer up in a table ([`tabular`]); training tasks train a network.
+
+pub mod tabular;
+
+use std::collections::BTreeMap;
+
+use archsearch_core::{Architecture, Space};
+
+/// The result of evaluating one architecture.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The objective the study optimises.
+    pub value: f64,
+    /// Every metric worth recording (the objective and the report metric included).
+    pub metrics: BTreeMap<String, f64>,
+    /// Cost of the evaluation in (simulated) seconds, counted against a cost budget.
+    pub cost: f64,
+}
+
+/// Errors of tasks; each names the file, line, column or architecture at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("{path}: {message}")]
+    Data { path: String, message: String },
+    #[error("architecture `{0}` is not in the table")]
+    NotInTable(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("evaluation failed: {0}")]
+    Failed(String),
+}
+
+/// Where a running evaluation reports intermediate values (per epoch, say).
+pub trait Reporter {
+    fn report(&mut self, step: u64, value: f64);
+}
+
+/// A reporter that drops everything (for replays that store nothing).
+pub struct NoReport;
+impl Reporter for NoReport {
+    fn report(&mut self, _step: u64, _value: f64) {}
+}
+
+/// Something that scores architectures of one space.
+pub trait Task: Send + Sync {
+    /// The space whose architectures this task evaluates.
+    fn space(&self) -> &Space;
+    /// The name of the objective (e.g. a column or `val_accuracy`).
+    fn objective(&self) -> &str;
+    /// Evaluates one architecture.
+    fn evaluate(&self, arch: &Architecture, reporter: &mut dyn Reporter) -> Result<Evaluation, TaskError>;
+}

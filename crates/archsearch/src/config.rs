@@ -1,0 +1,178 @@
+//! Study configs: TOML, every table `deny_unknown_fields`, every error
+//! naming the file and the field or line. The resolved config (defaults
+//! filled in) is what a study stores.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use archsearch_core::space::SpaceSpec;
+use archsearch_core::{Direction, Space};
+use archsearch_tasks::tabular::{TableQuery, TableTask};
+use archsearch_tasks::Task;
+use serde::{Deserialize, Serialize};
+
+use crate::registry::StrategyConfig;
+
+/// A whole study config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub study: StudySection,
+    /// The search space; tasks with a fixed space (NAS-Bench-201) need none.
+    #[serde(default)]
+    pub space: Option<SpaceSpec>,
+    pub task: TaskConfig,
+    pub strategy: StrategyConfig,
+}
+
+/// `[study]`: name, seed, direction and budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StudySection {
+    /// Study name inside the store (default: the config file's stem).
+    pub name: Option<String>,
+    /// Seed of the strategy and of every trial.
+    pub seed: u64,
+    pub direction: Direction,
+    /// Budget in trials (queries).
+    pub trials: Option<u64>,
+    /// Budget in (simulated) seconds of evaluation cost.
+    pub cost: Option<f64>,
+}
+
+impl Default for StudySection {
+    fn default() -> Self {
+        StudySection { name: None, seed: 0, direction: Direction::Maximize, trials: Some(100), cost: None }
+    }
+}
+
+/// `[task]`: what evaluates an architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TaskConfig {
+    /// NAS-Bench-201 (all 15,625 cells, shipped with archsearch).
+    Nb201 {
+        #[serde(default = "default_search")]
+        search_column: String,
+        #[serde(default = "default_report")]
+        report_column: String,
+        /// Simulated seconds per query.
+        #[serde(default)]
+        cost_per_query: f64,
+    },
+    /// Any CSV mapping architectures of `[space]` to metric columns.
+    Table {
+        /// The CSV file (relative paths are relative to the config file).
+        file: PathBuf,
+        #[serde(default = "default_arch_column")]
+        arch_column: String,
+        search_column: String,
+        report_column: String,
+        #[serde(default)]
+        cost_per_query: f64,
+        #[serde(default)]
+        cost_column: Option<String>,
+    },
+}
+
+fn default_search() -> String {
+    "c10valid_valid12".into()
+}
+fn default_report() -> String {
+    "c10_test200".into()
+}
+fn default_arch_column() -> String {
+    "arch".into()
+}
+
+/// Reads a TOML file into `T`, with errors that name the file, line and field.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut c: Config = read_toml(path)?;
+        if c.study.name.is_none() {
+            c.study.name = Some(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "study".into()));
+        }
+        // Table files are relative to the config file.
+        if let TaskConfig::Table { file, .. } = &mut c.task {
+            if file.is_relative() {
+                if let Some(dir) = path.parent() {
+                    *file = dir.join(&*file);
+                }
+            }
+        }
+        c.strategy = c.strategy.resolve();
+        c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.study.trials.is_none() && self.study.cost.is_none() {
+            bail!("[study] needs a budget: `trials` or `cost`");
+        }
+        if self.study.trials == Some(0) {
+            bail!("[study] trials = 0: the budget must be at least 1 trial");
+        }
+        if let Some(c) = self.study.cost {
+            if !(c > 0.0) {
+                bail!("[study] cost = {c}: the budget must be positive");
+            }
+        }
+        let space = self.space().context("[space]")?;
+        self.strategy.build(&space, 0).context("[strategy]")?;
+        Ok(())
+    }
+
+    /// The search space of the study.
+    pub fn space(&self) -> Result<Space> {
+        match (&self.task, &self.space) {
+            (TaskConfig::Nb201 { .. }, None | Some(SpaceSpec::Nb201 { .. })) => {
+                Ok(self.space.as_ref().map(|s| s.build()).transpose()?.unwrap_or_else(Space::nb201))
+            }
+            (TaskConfig::Nb201 { .. }, Some(_)) => bail!("the nb201 task needs `kind = \"nb201\"` (or no [space])"),
+            (TaskConfig::Table { .. }, None) => bail!("a table task needs a [space] that its architecture column encodes"),
+            (_, Some(s)) => Ok(s.build()?),
+        }
+    }
+
+    /// Builds the task (reading its data).
+    pub fn task(&self) -> Result<Arc<dyn Task>> {
+        Ok(match &self.task {
+            TaskConfig::Nb201 { search_column, report_column, cost_per_query } => {
+                let q = TableQuery {
+                    search_column: search_column.clone(),
+                    report_column: report_column.clone(),
+                    cost_per_query: *cost_per_query,
+                    cost_column: None,
+                };
+                Arc::new(TableTask::nb201(q)?)
+            }
+            TaskConfig::Table { file, arch_column, search_column, report_column, cost_per_query, cost_column } => {
+                let q = TableQuery {
+                    search_column: search_column.clone(),
+                    report_column: report_column.clone(),
+                    cost_per_query: *cost_per_query,
+                    cost_column: cost_column.clone(),
+                };
+                Arc::new(TableTask::from_csv(file, self.space()?, arch_column, q)?)
+            }
+        })
+    }
+
+    /// The study's name.
+    pub fn name(&self) -> &str {
+        self.study.name.as_deref().unwrap_or("study")
+    }
+
+    /// The resolved config as TOML, as stored with the study.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configs serialise")
+    }
+}

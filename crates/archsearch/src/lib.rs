@@ -1,0 +1,18 @@
+//! archsearch: the study runner, configs, benchmarks and reports behind the
+//! `archsearch` command line.
+//!
+//! A study is `(space, task, strategy)` plus a budget and a seed, all read
+//! from one TOML config ([`config`]). [`study::Study`] runs the ask →
+//! evaluate → tell loop against a [`archsearch_store::Storage`], resuming
+//! whatever the store already holds. [`bench`] replays strategies on tabular
+//! tasks for many seeds, in memory.
+
+pub mod bench;
+pub mod config;
+pub mod registry;
+pub mod report;
+pub mod study;
+
+pub use archsearch_core as core;
+pub use archsearch_store as store;
+pub use archsearch_tasks as tasks;

@@ -1,0 +1,254 @@
+//! The `archsearch` command line.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use archsearch::bench::replay;
+use archsearch::config::{read_toml, Config};
+use archsearch::registry::StrategyConfig;
+use archsearch::report::{study_report, summary, table};
+use archsearch::study::Study;
+use archsearch_core::space::SpaceSpec;
+use archsearch_tasks::tabular::{TableQuery, TableTask};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "archsearch", version, about = "Neural architecture search: black-box, one-shot and population-based.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run (or resume) the study a config describes.
+    Run {
+        /// The study config (TOML).
+        config: PathBuf,
+        /// The study store: a path or sqlite://PATH (default: NAME.db).
+        #[arg(long)]
+        study: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List a study's trials and its best one.
+    Show {
+        /// The study store: a path or sqlite://PATH.
+        study: String,
+        /// Which study of the store (default: all).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay strategies on a tabular task for many seeds; print mean ± std.
+    Bench(BenchArgs),
+    /// Measure the per-trial cost of ask + tell + store as a study grows.
+    BenchStore {
+        #[arg(long, default_value_t = 100_000)]
+        trials: u64,
+        /// Where to put the study (default: a temporary file).
+        #[arg(long)]
+        study: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchTask {
+    Nb201,
+    Table,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "nb201")]
+    task: BenchTask,
+    /// CSV of a table task.
+    #[arg(long)]
+    table: Option<PathBuf>,
+    /// Space file (TOML) of a table task.
+    #[arg(long)]
+    space: Option<PathBuf>,
+    /// Architecture column of a table task.
+    #[arg(long, default_value = "arch")]
+    arch_column: String,
+    /// Comma-separated strategies.
+    #[arg(long, value_delimiter = ',', default_value = "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm")]
+    strategies: Vec<String>,
+    /// Queries per run.
+    #[arg(long, default_value_t = 100)]
+    budget: u64,
+    /// Runs (seeds 0..N) per strategy.
+    #[arg(long, default_value_t = 500)]
+    seeds: u64,
+    #[arg(long, default_value = "c10valid_valid12")]
+    search_column: String,
+    #[arg(long, default_value = "c10_test200")]
+    report_column: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// One JSON object per line per strategy.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCHSEARCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { config, study, quiet } => run(config, study, quiet),
+        Command::Show { study, name, json } => show(&study, name.as_deref(), json),
+        Command::Bench(args) => bench(args),
+        Command::BenchStore { trials, study } => bench_store(trials, study),
+    }
+}
+
+fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool) -> Result<()> {
+    archsearch_rl::init_thread(1);
+    let config = Config::load(&config_path)?;
+    let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
+    let store = archsearch_store::open(&url)?;
+    let mut study = Study::open(&config, store).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
+    let done = study.record().counts.finished;
+    let total = study.budget().trials.unwrap_or(0);
+    let bar = if quiet || total == 0 { ProgressBar::hidden() } else { ProgressBar::new(total) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}").expect("valid template"),
+    );
+    bar.set_position(done);
+    let mut best: Option<f64> = None;
+    let direction = study.record().direction;
+    study.run(&mut |ev| {
+        if let Some(v) = ev.value {
+            if best.is_none_or(|b| direction.better(v, b)) {
+                best = Some(v);
+                bar.set_message(format!("best {v:.4}"));
+            }
+        }
+        if !ev.resumed {
+            bar.inc(1);
+        }
+    })?;
+    bar.finish_and_clear();
+    let record = study.store().study(config.name())?;
+    let trials = study.store().trials(record.id)?;
+    print!("{}", summary(&study_report(&record, &trials)));
+    println!("store: {url}");
+    Ok(())
+}
+
+fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
+    if !url.contains("://") && !std::path::Path::new(url).exists() {
+        bail!("no study store at {url}");
+    }
+    let store = archsearch_store::open(url)?;
+    let studies = match name {
+        Some(n) => vec![store.study(n)?],
+        None => store.studies()?,
+    };
+    for s in &studies {
+        let trials = store.trials(s.id)?;
+        let r = study_report(s, &trials);
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            print!("{}", table(&r));
+        }
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
+    }
+    let query = TableQuery {
+        search_column: a.search_column.clone(),
+        report_column: a.report_column.clone(),
+        cost_per_query: 0.0,
+        cost_column: None,
+    };
+    let task = match a.task {
+        BenchTask::Nb201 => TableTask::nb201(query)?,
+        BenchTask::Table => {
+            let (Some(table), Some(space)) = (&a.table, &a.space) else {
+                bail!("--task table needs --table FILE.csv and --space SPACE.toml");
+            };
+            let spec: SpaceSpec = read_toml(space)?;
+            let space_built = spec.build().map_err(|e| anyhow::anyhow!("{}: {e}", space.display()))?;
+            TableTask::from_csv(table, space_built, &a.arch_column, query)?
+        }
+    };
+    let strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim())).collect::<Result<_>>()?;
+    if !a.json {
+        println!(
+            "{} queries per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked",
+            a.budget, a.seeds, a.search_column, a.report_column
+        );
+        println!("{:<16} {:>16} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "wall s");
+    }
+    let start = Instant::now();
+    for s in &strategies {
+        let r = replay(&task, s, a.budget, a.seeds)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{:<16} {:>9.2} ± {:<4.2} {:>12.2} {:>10.1} {:>8.1}",
+                r.strategy, r.mean, r.std, r.search_mean, r.distinct, r.wall_seconds
+            );
+        }
+    }
+    if !a.json {
+        println!("total wall time {:.1} s", start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+fn bench_store(trials: u64, path: Option<PathBuf>) -> Result<()> {
+    let dir = tempfile_dir()?;
+    let path = path.unwrap_or_else(|| dir.join("bench-store.db"));
+    let text = format!(
+        "[study]\nname = \"bench-store\"\ntrials = {trials}\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"evolution\"\n"
+    );
+    let cfg_path = dir.join("bench-store.toml");
+    std::fs::write(&cfg_path, text)?;
+    let config = Config::load(&cfg_path)?;
+    let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?)?;
+    let block = (trials / 10).max(1);
+    let mut last = Instant::now();
+    let mut per_trial = Vec::new();
+    println!("{:>10} {:>16}", "trials", "µs per trial");
+    study.run(&mut |ev| {
+        if (ev.number + 1) % block == 0 {
+            let us = last.elapsed().as_secs_f64() * 1e6 / block as f64;
+            per_trial.push(us);
+            println!("{:>10} {:>16.1}", ev.number + 1, us);
+            last = Instant::now();
+        }
+    })?;
+    if let (Some(first), Some(last)) = (per_trial.first(), per_trial.last()) {
+        println!("last block / first block: {:.2}", last / first);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("archsearch-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

@@ -1,0 +1,92 @@
+//! Every strategy by name: its config in a study file, and how to build it.
+
+use anyhow::Result;
+use archsearch_core::strategies::{evolution, random};
+use archsearch_core::{Space, Strategy};
+use archsearch_rl::policy::PolicyKind;
+use archsearch_rl::{ppo, reinforce};
+use serde::{Deserialize, Serialize};
+
+/// `[strategy]` of a study config: `kind` names the strategy, the other keys
+/// are its config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StrategyConfig {
+    Random(random::Config),
+    Evolution(evolution::Config),
+    /// REINFORCE; independent policy unless `policy = "lstm"`.
+    Reinforce(reinforce::Config),
+    /// REINFORCE with the LSTM controller.
+    ReinforceLstm(reinforce::Config),
+    /// PPO; independent policy unless `policy = "lstm"`.
+    Ppo(ppo::Config),
+    /// PPO with the LSTM controller.
+    PpoLstm(ppo::Config),
+}
+
+/// The names `bench --strategies` accepts.
+pub const NAMES: [&str; 6] = ["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm"];
+
+impl StrategyConfig {
+    /// The default config of a strategy by name.
+    pub fn by_name(name: &str) -> Result<Self> {
+        let c = match name {
+            "random" => StrategyConfig::Random(Default::default()),
+            "evolution" | "rea" => StrategyConfig::Evolution(Default::default()),
+            "reinforce" => StrategyConfig::Reinforce(Default::default()),
+            "reinforce-lstm" => StrategyConfig::ReinforceLstm(Default::default()),
+            "ppo" => StrategyConfig::Ppo(Default::default()),
+            "ppo-lstm" => StrategyConfig::PpoLstm(Default::default()),
+            other => anyhow::bail!("unknown strategy `{other}` (known: {})", NAMES.join(", ")),
+        };
+        Ok(c.resolve())
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategyConfig::Random(_) => "random",
+            StrategyConfig::Evolution(_) => "evolution",
+            StrategyConfig::Reinforce(_) => "reinforce",
+            StrategyConfig::ReinforceLstm(_) => "reinforce-lstm",
+            StrategyConfig::Ppo(_) => "ppo",
+            StrategyConfig::PpoLstm(_) => "ppo-lstm",
+        }
+    }
+
+    /// Fills in defaults that depend on the variant (policy, learning rate).
+    pub fn resolve(self) -> Self {
+        use PolicyKind::*;
+        match self {
+            StrategyConfig::Reinforce(c) => StrategyConfig::Reinforce(c.resolve(Independent)),
+            StrategyConfig::ReinforceLstm(c) => StrategyConfig::ReinforceLstm(c.resolve(Lstm)),
+            StrategyConfig::Ppo(c) => StrategyConfig::Ppo(c.resolve(Independent)),
+            StrategyConfig::PpoLstm(c) => StrategyConfig::PpoLstm(c.resolve(Lstm)),
+            other => other,
+        }
+    }
+
+    /// Builds the strategy for `space`, seeded with `seed`.
+    pub fn build(&self, space: &Space, seed: u64) -> Result<Box<dyn Strategy>> {
+        let name = self.name();
+        let lstm_only = |p: Option<PolicyKind>| -> Result<()> {
+            if p == Some(PolicyKind::Independent) {
+                anyhow::bail!("`{name}` uses the LSTM controller; `policy = \"independent\"` contradicts it");
+            }
+            Ok(())
+        };
+        Ok(match self.clone().resolve() {
+            StrategyConfig::Random(c) => Box::new(random::RandomSearch::new(space.clone(), c, seed)),
+            StrategyConfig::Evolution(c) => Box::new(evolution::RegularizedEvolution::new(space.clone(), c, seed)?),
+            StrategyConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(name, space, c, seed)?),
+            StrategyConfig::ReinforceLstm(c) => {
+                lstm_only(c.policy)?;
+                Box::new(reinforce::Reinforce::new(name, space, c, seed)?)
+            }
+            StrategyConfig::Ppo(c) => Box::new(ppo::Ppo::new(name, space, c, seed)?),
+            StrategyConfig::PpoLstm(c) => {
+                lstm_only(c.policy)?;
+                Box::new(ppo::Ppo::new(name, space, c, seed)?)
+            }
+        })
+    }
+}
