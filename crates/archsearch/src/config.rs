@@ -109,7 +109,7 @@ impl Config {
             }
         }
         c.strategy = c.strategy.resolve();
-        c.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        c.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(c)
     }
 

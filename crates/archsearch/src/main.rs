@@ -88,6 +88,9 @@ struct BenchArgs {
     search_column: String,
     #[arg(long, default_value = "c10_test200")]
     report_column: String,
+    /// Override the learning rate of the controller strategies.
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -192,7 +195,12 @@ fn bench(a: BenchArgs) -> Result<()> {
             TableTask::from_csv(table, space_built, &a.arch_column, query)?
         }
     };
-    let strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim())).collect::<Result<_>>()?;
+    let mut strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim())).collect::<Result<_>>()?;
+    if let Some(lr) = a.learning_rate {
+        for s in &mut strategies {
+            s.set_learning_rate(lr);
+        }
+    }
     if !a.json {
         println!(
             "{} queries per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked",

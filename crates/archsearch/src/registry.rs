@@ -65,6 +65,15 @@ impl StrategyConfig {
         }
     }
 
+    /// Sets the learning rate of a controller strategy (others ignore it).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        match self {
+            StrategyConfig::Reinforce(c) | StrategyConfig::ReinforceLstm(c) => c.learning_rate = Some(lr),
+            StrategyConfig::Ppo(c) | StrategyConfig::PpoLstm(c) => c.learning_rate = Some(lr),
+            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) => {}
+        }
+    }
+
     /// Builds the strategy for `space`, seeded with `seed`.
     pub fn build(&self, space: &Space, seed: u64) -> Result<Box<dyn Strategy>> {
         let name = self.name();

@@ -1,0 +1,240 @@
+//! End-to-end tests of the `archsearch` binary: config errors, resume after
+//! SIGKILL, two processes on one study, determinism, `show --json`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_archsearch"));
+    c.env("ARCHSEARCH_LOG", "error");
+    c
+}
+
+fn run_ok(args: &[&str]) -> Output {
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn stderr_of(args: &[&str]) -> String {
+    let out = bin().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn show_json(db: &Path) -> serde_json::Value {
+    let out = run_ok(&["show", db.to_str().unwrap(), "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(number, state, arch, value)` of every trial.
+fn trials(db: &Path) -> Vec<(u64, String, String, Option<f64>)> {
+    let v = show_json(db);
+    v["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["number"].as_u64().unwrap(),
+                t["state"].as_str().unwrap().to_string(),
+                t["arch"].as_str().unwrap().to_string(),
+                t["value"].as_f64(),
+            )
+        })
+        .collect()
+}
+
+const NB201: &str = "[study]\nseed = 3\ntrials = TRIALS\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"STRATEGY\"\n";
+
+fn nb201_config(dir: &Path, name: &str, strategy: &str, trials: u64) -> PathBuf {
+    write(dir, &format!("{name}.toml"), &NB201.replace("TRIALS", &trials.to_string()).replace("STRATEGY", strategy))
+}
+
+#[test]
+fn malformed_toml_names_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let c = write(d.path(), "broken.toml", "[study]\ntrials = 10\n[task\nkind = \"nb201\"\n");
+    let e = stderr_of(&["run", c.to_str().unwrap(), "--study", d.path().join("s.db").to_str().unwrap()]);
+    assert!(e.contains("broken.toml") && e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_file_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let c = write(d.path(), "typo.toml", "[task]\nkind = \"nb201\"\n[strategy]\nkind = \"evolution\"\npopulaton = 20\n");
+    let e = stderr_of(&["run", c.to_str().unwrap(), "--study", d.path().join("s.db").to_str().unwrap()]);
+    assert!(e.contains("typo.toml") && e.contains("populaton") && e.contains("line 3"), "{e}");
+    let c = write(d.path(), "typo2.toml", "[study]\ntrails = 5\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
+    let e = stderr_of(&["run", c.to_str().unwrap()]);
+    assert!(e.contains("typo2.toml") && e.contains("trails"), "{e}");
+    let c = write(d.path(), "kind.toml", "[task]\nkind = \"nb201\"\n[strategy]\nkind = \"hillclimb\"\n");
+    let e = stderr_of(&["run", c.to_str().unwrap()]);
+    assert!(e.contains("kind.toml") && e.contains("hillclimb"), "{e}");
+}
+
+#[test]
+fn out_of_range_values_name_file_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let c = write(d.path(), "pop.toml", "[task]\nkind = \"nb201\"\n[strategy]\nkind = \"evolution\"\npopulation = 0\n");
+    let e = stderr_of(&["run", c.to_str().unwrap()]);
+    assert!(e.contains("pop.toml") && e.contains("[strategy]") && e.contains("population"), "{e}");
+    let c = write(d.path(), "lr.toml", "[task]\nkind = \"nb201\"\n[strategy]\nkind = \"ppo\"\nclip = -1.0\n");
+    let e = stderr_of(&["run", c.to_str().unwrap()]);
+    assert!(e.contains("lr.toml") && e.contains("clip"), "{e}");
+    let c = write(d.path(), "budget.toml", "[study]\ntrials = 0\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
+    let e = stderr_of(&["run", c.to_str().unwrap()]);
+    assert!(e.contains("budget.toml") && e.contains("trials"), "{e}");
+    // An option out of range in a space file.
+    let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\nnum_options = 0\n");
+    let table = write(d.path(), "t.csv", "arch,a\n000,1\n");
+    let e = stderr_of(&["bench", "--task", "table", "--table", table.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "a", "--report-column", "a"]);
+    assert!(e.contains("space.toml") && e.contains("no options"), "{e}");
+}
+
+#[test]
+fn csv_that_does_not_match_its_space_names_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\noptions = [\"a\", \"b\"]\n");
+    let table = write(d.path(), "t.csv", "arch,acc\n000,1\n010,2\n030,3\n");
+    let e = stderr_of(&["bench", "--task", "table", "--table", table.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "acc", "--report-column", "acc"]);
+    assert!(e.contains("t.csv") && e.contains("line 4"), "{e}");
+    let missing = d.path().join("missing.csv");
+    let e = stderr_of(&["bench", "--task", "table", "--table", missing.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "acc", "--report-column", "acc"]);
+    assert!(e.contains("missing.csv"), "{e}");
+}
+
+#[test]
+fn table_bench_prints_json_per_strategy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/table");
+    let out = run_ok(&[
+        "bench", "--task", "table", "--table", root.join("table.csv").to_str().unwrap(), "--space",
+        root.join("space.toml").to_str().unwrap(), "--strategies", "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm",
+        "--budget", "20", "--seeds", "8", "--search-column", "proxy_acc", "--report-column", "final_acc", "--json",
+    ]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for (l, name) in lines.iter().zip(["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm"]) {
+        assert_eq!(l["strategy"], name);
+        assert_eq!((l["budget"].as_u64(), l["seeds"].as_u64()), (Some(20), Some(8)));
+        assert!(l["mean"].as_f64().unwrap() > 60.0 && l["std"].as_f64().unwrap() >= 0.0);
+    }
+}
+
+#[test]
+fn same_config_and_seed_give_the_same_trials() {
+    let d = tempfile::tempdir().unwrap();
+    for strategy in ["evolution", "reinforce-lstm", "ppo"] {
+        let c = nb201_config(d.path(), strategy, strategy, 40);
+        let (a, b) = (d.path().join(format!("{strategy}-a.db")), d.path().join(format!("{strategy}-b.db")));
+        run_ok(&["run", c.to_str().unwrap(), "--study", a.to_str().unwrap(), "--quiet"]);
+        run_ok(&["run", c.to_str().unwrap(), "--study", b.to_str().unwrap(), "--quiet"]);
+        let (ta, tb) = (trials(&a), trials(&b));
+        assert_eq!(ta.len(), 40);
+        assert_eq!(ta, tb, "{strategy}");
+        let v = show_json(&a);
+        assert_eq!(v["study"]["seed"], 3);
+        assert!(v["study"]["config"].as_str().unwrap().contains("learning_rate") || strategy == "evolution");
+    }
+}
+
+/// Kills a running study with SIGKILL at several moments and resumes it each
+/// time: no completed trial is lost or changed, the budget is reached exactly,
+/// and the trials are those of an uninterrupted run with the same seed.
+#[test]
+fn sigkill_and_resume_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    for (strategy, budget) in [("evolution", 6000u64), ("reinforce-lstm", 1500)] {
+        let c = nb201_config(d.path(), strategy, strategy, budget);
+        let db = d.path().join(format!("{strategy}-killed.db"));
+        let mut kills = 0;
+        let mut before: Vec<(u64, String, String, Option<f64>)> = Vec::new();
+        for delay_ms in [150u64, 400, 700, 1000] {
+            let mut child = bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            let finished = child.try_wait().unwrap().is_some();
+            if !finished {
+                // SAFETY: plain kill(2) of our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                kills += 1;
+            }
+            let _ = child.wait();
+            if db.exists() {
+                let now = trials(&db);
+                // Everything finished before the kill is still there, unchanged.
+                for t in before.iter().filter(|t| t.1 != "RUNNING") {
+                    assert_eq!(now.get(t.0 as usize), Some(t), "{strategy}: trial {} changed", t.0);
+                }
+                before = now;
+            }
+        }
+        assert!(kills >= 1, "{strategy}: the study finished before any kill; raise its budget");
+        run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+        let resumed = trials(&db);
+        assert_eq!(resumed.len() as u64, budget, "{strategy}");
+        assert!(resumed.iter().all(|t| t.1 == "COMPLETE"), "{strategy}");
+        assert!(resumed.iter().enumerate().all(|(i, t)| t.0 == i as u64));
+        let clean = d.path().join(format!("{strategy}-clean.db"));
+        run_ok(&["run", c.to_str().unwrap(), "--study", clean.to_str().unwrap(), "--quiet"]);
+        assert_eq!(resumed, trials(&clean), "{strategy}: a resumed study must equal an uninterrupted one");
+    }
+}
+
+/// Two processes run one study at once: no trial is lost or duplicated.
+#[test]
+fn two_processes_share_a_study() {
+    let d = tempfile::tempdir().unwrap();
+    let c = nb201_config(d.path(), "shared", "evolution", 600);
+    let db = d.path().join("shared.db");
+    let spawn = || bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let (mut a, mut b) = (spawn(), spawn());
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    let t = trials(&db);
+    assert_eq!(t.len(), 600);
+    assert!(t.iter().enumerate().all(|(i, t)| t.0 == i as u64 && t.1 == "COMPLETE"));
+    let v = show_json(&db);
+    assert_eq!(v["complete"], 600);
+}
+
+#[test]
+fn show_lists_trials_and_best() {
+    let d = tempfile::tempdir().unwrap();
+    let c = nb201_config(d.path(), "show", "random", 12);
+    let db = d.path().join("show.db");
+    let out = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("12 trials (12 complete, 0 failed") && text.contains("best: trial"), "{text}");
+    let v = show_json(&db);
+    let best = v["best"]["value"].as_f64().unwrap();
+    let max = v["trials"].as_array().unwrap().iter().map(|t| t["value"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(best, max);
+    assert!(v["best"]["metrics"]["c10_test200"].as_f64().is_some());
+    let e = stderr_of(&["show", d.path().join("nope.db").to_str().unwrap()]);
+    assert!(e.contains("nope.db"), "{e}");
+}
+
+#[test]
+fn trials_not_in_the_table_fail_with_their_reason_and_the_study_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    // A table that lacks most architectures of its space.
+    let table = write(d.path(), "sparse.csv", "arch,acc\n00,1\n01,2\n");
+    let cfg = "[study]\ntrials = 20\n[space]\nkind = \"sequence\"\nlength = 2\nnum_options = 3\n[task]\nkind = \"table\"\nfile = \"sparse.csv\"\nsearch_column = \"acc\"\nreport_column = \"acc\"\n[strategy]\nkind = \"random\"\n";
+    let _ = table;
+    let c = write(d.path(), "sparse.toml", cfg);
+    let db = d.path().join("sparse.db");
+    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let v = show_json(&db);
+    let failed: Vec<&serde_json::Value> = v["trials"].as_array().unwrap().iter().filter(|t| t["state"] == "FAIL").collect();
+    assert!(!failed.is_empty() && v["complete"].as_u64().unwrap() > 0);
+    assert!(failed[0]["error"].as_str().unwrap().contains("not in the table"));
+    assert_eq!(v["trials"].as_array().unwrap().len(), 20);
+}
