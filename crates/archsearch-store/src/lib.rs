@@ -188,10 +188,20 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
+/// Owners of this process that are still running (see [`owner_id`]).
+static LIVE_OWNERS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// An owner id for this process: `host:pid:token`, the token telling apart
-/// two runners in one process.
+/// runners in one process. It counts as alive until [`release_owner`].
 pub fn owner_id(token: u64) -> String {
-    format!("{}:{}:{token:x}", hostname(), std::process::id())
+    let id = format!("{}:{}:{token:x}", hostname(), std::process::id());
+    LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).push(id.clone());
+    id
+}
+
+/// Marks an owner of this process as finished.
+pub fn release_owner(owner: &str) {
+    LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).retain(|o| o != owner);
 }
 
 /// Whether the process named by an owner id could still be running.
@@ -206,8 +216,8 @@ pub fn owner_alive(owner: &str, me: &str, heartbeat_age: f64, stale_after: f64) 
         return heartbeat_age < stale_after;
     }
     if pid as u32 == std::process::id() {
-        // Same process, another (finished) runner.
-        return false;
+        // Same process: alive while that runner has not finished.
+        return LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|o| o == owner);
     }
     // SAFETY: kill with signal 0 only checks that the process exists.
     let r = unsafe { libc::kill(pid, 0) };

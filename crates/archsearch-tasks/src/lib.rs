@@ -46,6 +46,26 @@ impl Reporter for NoReport {
     fn report(&mut self, _step: u64, _value: f64) {}
 }
 
+/// What an evaluation knows about the trial it runs for.
+pub struct TrialContext<'a> {
+    /// The trial's number in its study.
+    pub number: u64,
+    /// The trial's seed (weights, data order, augmentation).
+    pub seed: u64,
+    /// A folder for this trial's checkpoints, kept across crashes; `None`
+    /// when nothing should be checkpointed.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Where intermediate values go.
+    pub reporter: &'a mut dyn Reporter,
+}
+
+impl<'a> TrialContext<'a> {
+    /// A context that checkpoints nothing and drops intermediate values.
+    pub fn detached(number: u64, seed: u64, reporter: &'a mut dyn Reporter) -> Self {
+        TrialContext { number, seed, checkpoint_dir: None, reporter }
+    }
+}
+
 /// Something that scores architectures of one space.
 pub trait Task: Send + Sync {
     /// The space whose architectures this task evaluates.
@@ -53,5 +73,5 @@ pub trait Task: Send + Sync {
     /// The name of the objective (e.g. a column or `val_accuracy`).
     fn objective(&self) -> &str;
     /// Evaluates one architecture.
-    fn evaluate(&self, arch: &Architecture, reporter: &mut dyn Reporter) -> Result<Evaluation, TaskError>;
+    fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError>;
 }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use archsearch_core::{Architecture, Space};
 
-use crate::{Evaluation, Reporter, Task, TaskError};
+use crate::{Evaluation, Task, TaskError, TrialContext};
 
 /// The NAS-Bench-201 table shipped with archsearch.
 pub const NB201_CSV: &str = include_str!("../../../data/nasbench201.csv");
@@ -161,7 +161,7 @@ impl Task for TableTask {
     fn objective(&self) -> &str {
         &self.query.search_column
     }
-    fn evaluate(&self, arch: &Architecture, _reporter: &mut dyn Reporter) -> Result<Evaluation, TaskError> {
+    fn evaluate(&self, arch: &Architecture, _ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
         self.space.validate(arch).map_err(|e| TaskError::Invalid(e.to_string()))?;
         let row = self.row(arch).ok_or_else(|| TaskError::NotInTable(self.space.canonical(arch)))?;
         let value = row[self.search];
@@ -209,7 +209,7 @@ mod tests {
         let t = TableTask::from_reader("x.csv", csv.as_bytes(), space(), "arch", q("acc", "t")).unwrap();
         assert_eq!(t.lookup(&Architecture::new(vec![0, 0, 1]), "acc"), Some(2.0));
         assert_eq!(t.lookup(&Architecture::new(vec![0, 1, 0]), "acc"), Some(3.0));
-        let e = t.evaluate(&Architecture::new(vec![1, 1, 1]), &mut crate::NoReport).unwrap_err();
+        let e = t.evaluate(&Architecture::new(vec![1, 1, 1]), &mut TrialContext::detached(0, 0, &mut crate::NoReport)).unwrap_err();
         assert!(e.to_string().contains("b,b,b"), "{e}");
     }
 

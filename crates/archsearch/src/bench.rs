@@ -71,3 +71,78 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: u64, seeds: u
         wall_seconds: start.elapsed().as_secs_f64(),
     })
 }
+
+/// `archsearch bench-train`: the reference networks trained by archsearch
+/// and by PyTorch (`benches/pytorch_reference.py`) on Fashion-MNIST, same
+/// batch, Adam and thread count; then the worker pool's total throughput
+/// against PyTorch's best single-process setting.
+pub fn train_speed(steps: usize, batch: i64, workers: usize, python: &std::path::Path, data_dir: Option<&std::path::Path>) -> Result<()> {
+    use archsearch_core::Architecture;
+    use archsearch_train::data::{Data, DatasetKind, RawDataset};
+    use archsearch_train::nets::{IoShape, NetConfig, Scale};
+    use archsearch_train::trainer::time_steps;
+
+    let raw = RawDataset::load(DatasetKind::FashionMnist, data_dir)?;
+    let data = Data::prepare(&raw, 1.0 / 6.0, 0, 1.0, None, tch::Device::Cpu)?;
+    let io = IoShape { channels: 1, resolution: 28, classes: 10 };
+    let scale = Scale { width: 1.0, repeats: 1 };
+    let space = archsearch_core::Space::sequence(1, 1);
+    let arch = Architecture::new(vec![0]);
+    let build = |net: &NetConfig, seed| net.build(&space, &arch, io, scale, tch::Device::Cpu, seed);
+    let nets = [("cnn", NetConfig::ReferenceCnn), ("mlp", NetConfig::ReferenceMlp)];
+    let data_arg = data_dir.map(|d| d.display().to_string()).unwrap_or_else(|| archsearch_train::data::DEBIAN_FASHION_MNIST.into());
+    let pytorch = |extra: &[&str]| -> Result<Vec<serde_json::Value>> {
+        let out = std::process::Command::new(python)
+            .arg("benches/pytorch_reference.py")
+            .args(["--steps", &steps.to_string(), "--batch", &batch.to_string(), "--data", &data_arg])
+            .args(extra)
+            .output()
+            .map_err(|e| anyhow!("running {}: {e}", python.display()))?;
+        if !out.status.success() {
+            return Err(anyhow!("{} failed: {}", python.display(), String::from_utf8_lossy(&out.stderr)));
+        }
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
+    };
+
+    println!("reference networks, batch {batch}, Adam, Fashion-MNIST, {steps} timed steps");
+    println!("{:<5} {:>8} {:>16} {:>14} {:>8}", "net", "threads", "archsearch ms", "pytorch ms", "ratio");
+    let mut best_pytorch: std::collections::BTreeMap<&str, f64> = Default::default();
+    for threads in [1, 2] {
+        tch::set_num_threads(threads);
+        let py = pytorch(&["--threads", &threads.to_string()])?;
+        for ((name, net), p) in nets.iter().zip(&py) {
+            let model = build(net, 0)?;
+            let ours = time_steps(&model, &data, steps, batch, 0);
+            let theirs = p["ms_per_step"].as_f64().unwrap_or(f64::NAN);
+            let e = best_pytorch.entry(name).or_insert(0.0);
+            *e = e.max(1000.0 / theirs);
+            println!("{name:<5} {threads:>8} {ours:>16.2} {theirs:>14.2} {:>8.3}", ours / theirs);
+        }
+    }
+    println!("\nworker pool: {workers} concurrent trainings, 1 thread each (total steps/s)");
+    for (name, net) in &nets {
+        let per: Vec<f64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..workers)
+                .map(|w| {
+                    let data = &data;
+                    let build = &build;
+                    s.spawn(move || {
+                        tch::set_num_threads(1);
+                        let model = build(net, w as u64).expect("reference nets build");
+                        1000.0 / time_steps(&model, data, steps, batch, w as u64)
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("bench thread")).collect()
+        });
+        let total: f64 = per.iter().sum();
+        let py_pool = pytorch(&["--threads", "1", "--procs", &workers.to_string(), "--nets", name])?;
+        let py_pool = py_pool[0]["total_steps_per_second"].as_f64().unwrap_or(f64::NAN);
+        let best_single = best_pytorch[name];
+        println!(
+            "{name:<5} archsearch pool {total:>8.1} steps/s | pytorch best single process {best_single:>8.1} steps/s | pytorch {workers} processes {py_pool:>8.1} steps/s | pool / best single {:.2}",
+            total / best_single
+        );
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@ use archsearch_core::space::SpaceSpec;
 use archsearch_core::{Direction, Space};
 use archsearch_tasks::tabular::{TableQuery, TableTask};
 use archsearch_tasks::Task;
+use archsearch_train::{DeviceChoice, TrainTask, TrainTaskConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::StrategyConfig;
@@ -40,11 +41,18 @@ pub struct StudySection {
     pub trials: Option<u64>,
     /// Budget in (simulated) seconds of evaluation cost.
     pub cost: Option<f64>,
+    /// Trials evaluated at once by this process, each in its own thread.
+    /// Default: for training tasks, the machine's cores divided by the
+    /// task's threads per trial (two one-thread trials beat one two-thread
+    /// trial on a 2-core machine, see the README); 1 for tabular tasks.
+    /// With more than one worker the order of tells, and so the trials of a
+    /// stateful strategy, can differ between runs.
+    pub workers: Option<usize>,
 }
 
 impl Default for StudySection {
     fn default() -> Self {
-        StudySection { name: None, seed: 0, direction: Direction::Maximize, trials: Some(100), cost: None }
+        StudySection { name: None, seed: 0, direction: Direction::Maximize, trials: Some(100), cost: None, workers: None }
     }
 }
 
@@ -75,6 +83,8 @@ pub enum TaskConfig {
         #[serde(default)]
         cost_column: Option<String>,
     },
+    /// Train a network for each architecture (see `archsearch_train`).
+    Train(Box<TrainTaskConfig>),
 }
 
 fn default_search() -> String {
@@ -109,6 +119,13 @@ impl Config {
             }
         }
         c.strategy = c.strategy.resolve();
+        if c.study.workers.is_none() {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            c.study.workers = Some(match &c.task {
+                TaskConfig::Train(t) => (cores / t.threads.max(1) as usize).max(1),
+                _ => 1,
+            });
+        }
         c.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(c)
     }
@@ -116,6 +133,9 @@ impl Config {
     fn validate(&self) -> Result<()> {
         if self.study.trials.is_none() && self.study.cost.is_none() {
             bail!("[study] needs a budget: `trials` or `cost`");
+        }
+        if self.study.workers == Some(0) {
+            bail!("[study] workers = 0: needs at least 1 worker");
         }
         if self.study.trials == Some(0) {
             bail!("[study] trials = 0: the budget must be at least 1 trial");
@@ -127,6 +147,9 @@ impl Config {
         }
         let space = self.space().context("[space]")?;
         self.strategy.build(&space, 0).context("[strategy]")?;
+        if let TaskConfig::Train(t) = &self.task {
+            t.check(&space).context("[task]")?;
+        }
         Ok(())
     }
 
@@ -138,12 +161,13 @@ impl Config {
             }
             (TaskConfig::Nb201 { .. }, Some(_)) => bail!("the nb201 task needs `kind = \"nb201\"` (or no [space])"),
             (TaskConfig::Table { .. }, None) => bail!("a table task needs a [space] that its architecture column encodes"),
+            (TaskConfig::Train(_), None) => bail!("a training task needs a [space] (e.g. a sequence of macro ops)"),
             (_, Some(s)) => Ok(s.build()?),
         }
     }
 
-    /// Builds the task (reading its data).
-    pub fn task(&self) -> Result<Arc<dyn Task>> {
+    /// Builds the task (reading its data); `device` overrides a training task's device.
+    pub fn task(&self, device: Option<DeviceChoice>) -> Result<Arc<dyn Task>> {
         Ok(match &self.task {
             TaskConfig::Nb201 { search_column, report_column, cost_per_query } => {
                 let q = TableQuery {
@@ -163,12 +187,41 @@ impl Config {
                 };
                 Arc::new(TableTask::from_csv(file, self.space()?, arch_column, q)?)
             }
+            TaskConfig::Train(t) => Arc::new(TrainTask::new(t, self.space()?, t.proxy.clone(), t.evaluate_test, device)?),
         })
     }
 
     /// The study's name.
     pub fn name(&self) -> &str {
         self.study.name.as_deref().unwrap_or("study")
+    }
+
+    /// The config of the retraining study of a training task: the `top`
+    /// architectures (canonical strings) trained at the target fidelity, with
+    /// test accuracy. `None` if the task has no target fidelity.
+    pub fn target_study(&self, architectures: Vec<String>) -> Option<Config> {
+        let TaskConfig::Train(t) = &self.task else { return None };
+        let target = t.target.clone()?;
+        let mut task = t.clone();
+        task.proxy = target;
+        task.target = None;
+        task.evaluate_test = true;
+        let n = architectures.len() as u64;
+        // Fewer trials than cores: give each trial more threads.
+        let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+        let workers = self.study.workers.unwrap_or(1).min(n as usize).max(1);
+        task.threads = task.threads.max((cores / workers) as i32);
+            study: StudySection {
+                name: Some(format!("{}.target", self.name())),
+                trials: Some(n),
+                cost: None,
+                workers: Some(workers),
+                ..self.study.clone()
+            },
+            space: self.space.clone(),
+            task: TaskConfig::Train(task),
+            strategy: StrategyConfig::Fixed(archsearch_core::strategies::fixed::Config { architectures }),
+        })
     }
 
     /// The resolved config as TOML, as stored with the study.

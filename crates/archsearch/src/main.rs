@@ -11,6 +11,7 @@ use archsearch::report::{study_report, summary, table};
 use archsearch::study::Study;
 use archsearch_core::space::SpaceSpec;
 use archsearch_tasks::tabular::{TableQuery, TableTask};
+use archsearch_train::DeviceChoice;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -33,6 +34,12 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Where training tasks train (overrides the config).
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        /// Trials at once (overrides `[study] workers`).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// List a study's trials and its best one.
     Show {
@@ -46,6 +53,24 @@ enum Command {
     },
     /// Replay strategies on a tabular task for many seeds; print mean ± std.
     Bench(BenchArgs),
+    /// Train the reference CNN and MLP with archsearch and with PyTorch (same
+    /// batch, optimiser and threads) and print ms/step, the ratio, and the
+    /// worker pool's total throughput.
+    BenchTrain {
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        #[arg(long, default_value_t = 128)]
+        batch: i64,
+        /// Concurrent one-thread trainings in the pool measurement.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Python with torch for the PyTorch side (default: .venv/bin/python).
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
+        /// Folder of the Fashion-MNIST files.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Measure the per-trial cost of ask + tell + store as a study grows.
     BenchStore {
         #[arg(long, default_value_t = 100_000)]
@@ -54,6 +79,23 @@ enum Command {
         #[arg(long)]
         study: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    fn choice(self) -> DeviceChoice {
+        match self {
+            DeviceArg::Auto => DeviceChoice::Auto,
+            DeviceArg::Cpu => DeviceChoice::Cpu,
+            DeviceArg::Cuda => DeviceChoice::Cuda,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,19 +154,50 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, study, quiet } => run(config, study, quiet),
+        Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(args),
         Command::BenchStore { trials, study } => bench_store(trials, study),
+        Command::BenchTrain { steps, batch, workers, python, data_dir } => archsearch::bench::train_speed(steps, batch, workers, &python, data_dir.as_deref()),
     }
 }
 
-fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool) -> Result<()> {
+fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<()> {
     archsearch_rl::init_thread(1);
     let config = Config::load(&config_path)?;
     let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
-    let store = archsearch_store::open(&url)?;
-    let mut study = Study::open(&config, store).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
+    let search = run_one(&config, &url, quiet, device, workers)?;
+    // Retrain the best architectures at the target fidelity, if the task has one.
+    let top = match &search.config.task {
+        archsearch::config::TaskConfig::Train(t) => t.retrain_top,
+        _ => 0,
+    };
+    let mut best: Vec<&archsearch_store::TrialRecord> =
+        search.trials.iter().filter(|t| t.state == archsearch_core::TrialState::Complete && t.value.is_some()).collect();
+    let dir = search.record.direction;
+    best.sort_by(|a, b| dir.fitness(b.value.unwrap()).total_cmp(&dir.fitness(a.value.unwrap())));
+    let archs: Vec<String> = best.iter().take(top).map(|t| t.arch.clone()).collect();
+    if let (false, Some(target)) = (archs.is_empty(), search.config.target_study(archs)) {
+        println!("\nretraining the best {} at the target fidelity (study `{}`)", target.study.trials.unwrap_or(0), target.name());
+        run_one(&target, &url, quiet, device, workers)?;
+    }
+    println!("store: {url}");
+    Ok(())
+}
+
+struct Finished {
+    config: Config,
+    record: archsearch_store::StudyRecord,
+    trials: Vec<archsearch_store::TrialRecord>,
+}
+
+fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<Finished> {
+    let store = archsearch_store::open(url)?;
+    let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
+    let mut study = match checkpoint_root(url) {
+        Some(root) => study.with_checkpoints(root),
+        None => study,
+    };
     let done = study.record().counts.finished;
     let total = study.budget().trials.unwrap_or(0);
     let bar = if quiet || total == 0 { ProgressBar::hidden() } else { ProgressBar::new(total) };
@@ -132,12 +205,15 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool) -> Result<(
         ProgressStyle::with_template("{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}").expect("valid template"),
     );
     bar.set_position(done);
-    let mut best: Option<f64> = None;
+    let best: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
     let direction = study.record().direction;
-    study.run(&mut |ev| {
+    let workers = workers.or(study.config().study.workers).unwrap_or(1).max(1);
+    let connect = || archsearch_store::open(url).map_err(anyhow::Error::from);
+    study.run_parallel(workers, &connect, &|ev| {
         if let Some(v) = ev.value {
-            if best.is_none_or(|b| direction.better(v, b)) {
-                best = Some(v);
+            let mut b = best.lock().unwrap_or_else(|e| e.into_inner());
+            if b.is_none_or(|b| direction.better(v, b)) {
+                *b = Some(v);
                 bar.set_message(format!("best {v:.4}"));
             }
         }
@@ -146,11 +222,16 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool) -> Result<(
         }
     })?;
     bar.finish_and_clear();
-    let record = study.store().study(config.name())?;
+    let record = study.store().study(&study.record().name)?;
     let trials = study.store().trials(record.id)?;
     print!("{}", summary(&study_report(&record, &trials)));
-    println!("store: {url}");
-    Ok(())
+    Ok(Finished { config: study.config().clone(), record, trials })
+}
+
+/// Checkpoints of a SQLite study at `X.db` live in `X.db.ckpt/`.
+fn checkpoint_root(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    (!path.contains("://") && path != ":memory:").then(|| PathBuf::from(format!("{path}.ckpt")))
 }
 
 fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
@@ -235,19 +316,20 @@ fn bench_store(trials: u64, path: Option<PathBuf>) -> Result<()> {
     let cfg_path = dir.join("bench-store.toml");
     std::fs::write(&cfg_path, text)?;
     let config = Config::load(&cfg_path)?;
-    let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?)?;
+    let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?, None)?;
     let block = (trials / 10).max(1);
-    let mut last = Instant::now();
-    let mut per_trial = Vec::new();
+    let clock = std::sync::Mutex::new((Instant::now(), Vec::new()));
     println!("{:>10} {:>16}", "trials", "µs per trial");
-    study.run(&mut |ev| {
+    study.run(&|ev| {
         if (ev.number + 1) % block == 0 {
-            let us = last.elapsed().as_secs_f64() * 1e6 / block as f64;
-            per_trial.push(us);
+            let mut c = clock.lock().unwrap();
+            let us = c.0.elapsed().as_secs_f64() * 1e6 / block as f64;
+            c.1.push(us);
             println!("{:>10} {:>16.1}", ev.number + 1, us);
-            last = Instant::now();
+            c.0 = Instant::now();
         }
     })?;
+    let per_trial = clock.into_inner().unwrap().1;
     if let (Some(first), Some(last)) = (per_trial.first(), per_trial.last()) {
         println!("last block / first block: {:.2}", last / first);
     }

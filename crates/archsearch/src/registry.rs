@@ -1,7 +1,7 @@
 //! Every strategy by name: its config in a study file, and how to build it.
 
 use anyhow::Result;
-use archsearch_core::strategies::{evolution, random};
+use archsearch_core::strategies::{evolution, fixed, random};
 use archsearch_core::{Space, Strategy};
 use archsearch_rl::policy::PolicyKind;
 use archsearch_rl::{ppo, reinforce};
@@ -22,6 +22,8 @@ pub enum StrategyConfig {
     Ppo(ppo::Config),
     /// PPO with the LSTM controller.
     PpoLstm(ppo::Config),
+    /// A fixed list of architectures, in order.
+    Fixed(fixed::Config),
 }
 
 /// The names `bench --strategies` accepts.
@@ -50,6 +52,7 @@ impl StrategyConfig {
             StrategyConfig::ReinforceLstm(_) => "reinforce-lstm",
             StrategyConfig::Ppo(_) => "ppo",
             StrategyConfig::PpoLstm(_) => "ppo-lstm",
+            StrategyConfig::Fixed(_) => "fixed",
         }
     }
 
@@ -70,7 +73,7 @@ impl StrategyConfig {
         match self {
             StrategyConfig::Reinforce(c) | StrategyConfig::ReinforceLstm(c) => c.learning_rate = Some(lr),
             StrategyConfig::Ppo(c) | StrategyConfig::PpoLstm(c) => c.learning_rate = Some(lr),
-            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) => {}
+            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) | StrategyConfig::Fixed(_) => {}
         }
     }
 
@@ -85,6 +88,7 @@ impl StrategyConfig {
         };
         Ok(match self.clone().resolve() {
             StrategyConfig::Random(c) => Box::new(random::RandomSearch::new(space.clone(), c, seed)),
+            StrategyConfig::Fixed(c) => Box::new(fixed::Fixed::new(space, c)?),
             StrategyConfig::Evolution(c) => Box::new(evolution::RegularizedEvolution::new(space.clone(), c, seed)?),
             StrategyConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(name, space, c, seed)?),
             StrategyConfig::ReinforceLstm(c) => {

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use archsearch_core::{Architecture, Direction, Outcome, Space, Strategy, TrialState};
 use archsearch_store::{Finish, NewStudy, NewTrial, Storage, StudyRecord, TrialRecord};
-use archsearch_tasks::{Reporter, Task};
+use archsearch_tasks::{Reporter, Task, TrialContext};
 
 use crate::config::Config;
+use archsearch_train::DeviceChoice;
 
 /// A running trial's intermediate values go straight to the store.
 struct StoreReporter<'a> {
@@ -48,6 +49,8 @@ impl Budget {
 pub struct Study {
     store: Box<dyn Storage>,
     record: StudyRecord,
+    /// The config the study runs with (the stored one when resuming).
+    config: Config,
     space: Space,
     task: Arc<dyn Task>,
     strategy: Box<dyn Strategy>,
@@ -55,6 +58,8 @@ pub struct Study {
     owner: String,
     /// Strategy-state version this process last saw.
     version: u64,
+    /// Where trials keep their checkpoints (`trial-N/` inside).
+    checkpoint_root: Option<std::path::PathBuf>,
 }
 
 /// What happened to one trial, for progress displays.
@@ -70,7 +75,7 @@ impl Study {
     /// Opens (or creates) the study of `config` in `store`. An existing study
     /// is resumed with its *stored* config; the given one must then name the
     /// same study.
-    pub fn open(config: &Config, mut store: Box<dyn Storage>) -> Result<Self> {
+    pub fn open(config: &Config, mut store: Box<dyn Storage>, device: Option<DeviceChoice>) -> Result<Self> {
         let new = NewStudy {
             name: config.name().to_string(),
             config: config.to_toml(),
@@ -87,7 +92,7 @@ impl Study {
             tracing::warn!(study = %record.name, "the study exists with another config; resuming it with its stored config");
         }
         let space = stored.space()?;
-        let task = stored.task()?;
+        let task = stored.task(device)?;
         let mut strategy = stored.strategy.build(&space, record.seed)?;
         let mut version = 0;
         if let Some((v, bytes)) = store.strategy_state(record.id)? {
@@ -96,7 +101,85 @@ impl Study {
         }
         let budget = Budget { trials: stored.study.trials, cost: stored.study.cost };
         let token = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        Ok(Study { store, record, space, task, strategy, budget, owner: archsearch_store::owner_id(token), version })
+        Ok(Study {
+            store,
+            record,
+            config: stored,
+            space,
+            task,
+            strategy,
+            budget,
+            owner: archsearch_store::owner_id(token),
+            version,
+            checkpoint_root: None,
+        })
+    }
+
+    /// Another runner of the same study on its own store connection, sharing
+    /// this one's task (and so its data): a worker of a pool.
+    pub fn worker(&self, store: Box<dyn Storage>) -> Result<Study> {
+        let mut strategy = self.config.strategy.build(&self.space, self.record.seed)?;
+        let mut version = 0;
+        if let Some((v, bytes)) = store.strategy_state(self.record.id)? {
+            strategy.load_state(&bytes).context("stored strategy state")?;
+            version = v;
+        }
+        let token = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        Ok(Study {
+            store,
+            record: self.record.clone(),
+            config: self.config.clone(),
+            space: self.space.clone(),
+            task: self.task.clone(),
+            strategy,
+            budget: self.budget,
+            owner: archsearch_store::owner_id(token ^ 0x5851_F42D_4C95_7F2D),
+            version,
+            checkpoint_root: self.checkpoint_root.clone(),
+        })
+    }
+
+    /// The config the study runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Runs the study with `workers` runners at once (each a thread with its
+    /// own connection from `connect`), until the budget is reached.
+    pub fn run_parallel(
+        &mut self,
+        workers: usize,
+        connect: &(dyn Fn() -> Result<Box<dyn Storage>> + Sync),
+        on_trial: &(dyn Fn(&TrialEvent) + Sync),
+    ) -> Result<()> {
+        self.rerun_orphans(on_trial)?;
+        let mut others = (1..workers).map(|_| self.worker(connect()?)).collect::<Result<Vec<_>>>()?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = others.iter_mut().map(|w| scope.spawn(move || w.run_loop(on_trial))).collect();
+            let mine = self.run_loop(on_trial);
+            let mut result = mine;
+            for h in handles {
+                let r = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
+                result = result.and(r);
+            }
+            result
+        })
+    }
+
+    /// Lets trials checkpoint under `root` (`root/STUDY/trial-N/`), so a trial
+    /// killed mid-training resumes from its last checkpoint.
+    pub fn with_checkpoints(mut self, root: std::path::PathBuf) -> Self {
+        self.checkpoint_root = Some(root.join(&self.record.name));
+        self
+    }
+
+    /// The task the study evaluates with.
+    pub fn task(&self) -> &Arc<dyn Task> {
+        &self.task
+    }
+
+    pub fn space(&self) -> &Space {
+        &self.space
     }
 
     pub fn record(&self) -> &StudyRecord {
@@ -110,14 +193,24 @@ impl Study {
     }
 
     /// Runs until the budget is reached, calling `on_trial` after each trial.
-    pub fn run(&mut self, on_trial: &mut dyn FnMut(&TrialEvent)) -> Result<()> {
-        // Trials a dead process left RUNNING: run them again, in place.
+    pub fn run(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
+        self.rerun_orphans(on_trial)?;
+        self.run_loop(on_trial)
+    }
+
+    /// Runs again, in place, the trials a dead process left RUNNING.
+    fn rerun_orphans(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
         for t in self.store.claim_orphans(self.record.id, &self.owner, 300.0)? {
             let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
             tracing::info!(trial = t.number, attempt = t.attempts, "re-running a trial left unfinished");
             let ev = self.evaluate_and_tell(t.id, t.number, &arch)?;
             on_trial(&TrialEvent { resumed: true, ..ev });
         }
+        Ok(())
+    }
+
+    fn run_loop(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
+        archsearch_rl::init_thread(1);
         loop {
             let mut asked = None;
             let budget = self.budget;
@@ -150,7 +243,13 @@ impl Study {
 
     fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture) -> Result<TrialEvent> {
         let mut reporter = StoreReporter { store: self.store.as_mut(), trial, error: None };
-        let result = self.task.evaluate(arch, &mut reporter);
+        let mut ctx = TrialContext {
+            number,
+            seed: trial_seed(self.record.seed, number),
+            checkpoint_dir: self.checkpoint_root.as_ref().map(|r| r.join(format!("trial-{number}"))),
+            reporter: &mut reporter,
+        };
+        let result = self.task.evaluate(arch, &mut ctx);
         if let Some(e) = reporter.error {
             anyhow::bail!("trial {number}: recording an intermediate value failed: {e}");
         }
@@ -187,6 +286,12 @@ impl Study {
             Ok(strategy.save_state()?)
         })?;
         Ok(TrialEvent { number, state: finish.state, value: finish.value, resumed: false })
+    }
+}
+
+impl Drop for Study {
+    fn drop(&mut self) {
+        archsearch_store::release_owner(&self.owner);
     }
 }
 

@@ -1,0 +1,269 @@
+//! The training engine: turn an architecture into a network, train it on
+//! real data, and score it.
+//!
+//! * [`data`] — Fashion-MNIST / MNIST (IDX) and CIFAR-10 (binary) loaders,
+//!   the seeded train/validation split, normalisation and augmentation.
+//! * [`nn`] — layers initialised as PyTorch does, named by position.
+//! * [`nets`] — networks built from architectures (macro chain, MLP, and the
+//!   fixed reference networks of the speed benchmark).
+//! * [`optim`] — SGD / Adam / AdamW with checkpointable state; schedules.
+//! * [`trainer`] — the loop, evaluation, safetensors checkpoints, resume.
+//! * [`TrainTask`] — all of it as an archsearch [`Task`] at one fidelity.
+
+pub mod data;
+pub mod nets;
+pub mod nn;
+pub mod optim;
+pub mod trainer;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use archsearch_core::{Architecture, Space};
+use archsearch_tasks::{Evaluation, Task, TaskError, TrialContext};
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use data::{Data, DatasetKind, RawDataset};
+use nets::{IoShape, NetConfig, Scale};
+use optim::OptimConfig;
+use trainer::RunSpec;
+
+/// Errors of the training engine.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Data(String),
+    #[error("invalid training config: {0}")]
+    Config(String),
+    #[error("loss is {loss} after epoch {epoch} (NaN or infinite)")]
+    NonFinite { epoch: usize, loss: f64 },
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
+    #[error("{0}")]
+    Device(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Where to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA if available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device, TrainError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(TrainError::Device(
+                "device = \"cuda\" was asked for, but CUDA is not available on this machine (no GPU or driver found)".into(),
+            )),
+        }
+    }
+}
+
+/// One fidelity: how big and how long an evaluation is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fidelity {
+    pub epochs: usize,
+    /// Width multiplier of every layer.
+    pub width: f64,
+    /// Repeats of each searched layer (more layers).
+    pub repeats: usize,
+    /// Input resolution (default: the data set's own).
+    pub resolution: Option<i64>,
+    /// Fraction of the training split used.
+    pub fraction: f64,
+}
+
+impl Default for Fidelity {
+    fn default() -> Self {
+        Fidelity { epochs: 10, width: 1.0, repeats: 1, resolution: None, fraction: 1.0 }
+    }
+}
+
+impl Fidelity {
+    fn check(&self, what: &str) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(format!("[task.{what}] {m}")));
+        if self.epochs == 0 {
+            return bad("epochs must be >= 1".into());
+        }
+        if !(self.width > 0.0) {
+            return bad(format!("width = {} must be > 0", self.width));
+        }
+        if !(self.fraction > 0.0 && self.fraction <= 1.0) {
+            return bad(format!("fraction = {} must be in (0, 1]", self.fraction));
+        }
+        if self.resolution.is_some_and(|r| r < 4) {
+            return bad("resolution must be >= 4".into());
+        }
+        if self.repeats == 0 {
+            return bad("repeats must be >= 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_valid_fraction() -> f64 {
+    1.0 / 6.0
+}
+fn default_batch() -> i64 {
+    128
+}
+fn default_threads() -> i32 {
+    1
+}
+fn default_top() -> usize {
+    1
+}
+
+/// `[task]` of a training study.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainTaskConfig {
+    pub dataset: DatasetKind,
+    /// Folder of the data files (default for Fashion-MNIST: the Debian package's).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Fraction of the training set held out for validation (the search signal).
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    /// Seed of the train/validation split (fixed for the whole study).
+    #[serde(default)]
+    pub split_seed: u64,
+    #[serde(default)]
+    pub device: DeviceChoice,
+    /// libtorch threads per trial.
+    #[serde(default = "default_threads")]
+    pub threads: i32,
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    /// Random-crop padding in pixels (0: no crop).
+    #[serde(default)]
+    pub crop_pad: i64,
+    /// Random horizontal flips.
+    #[serde(default)]
+    pub flip: bool,
+    pub network: NetConfig,
+    #[serde(default)]
+    pub optimizer: OptimConfig,
+    /// The fidelity trials are evaluated at during the search.
+    #[serde(default)]
+    pub proxy: Fidelity,
+    /// The fidelity the best architectures are retrained at after the search.
+    #[serde(default)]
+    pub target: Option<Fidelity>,
+    /// How many of the best architectures to retrain at the target fidelity.
+    #[serde(default = "default_top")]
+    pub retrain_top: usize,
+    /// Also report test accuracy (set for the retraining study; test data is
+    /// otherwise never touched).
+    #[serde(default)]
+    pub evaluate_test: bool,
+}
+
+impl TrainTaskConfig {
+    pub fn check(&self, space: &Space) -> Result<(), TrainError> {
+        self.network.check_space(space)?;
+        self.proxy.check("proxy")?;
+        if let Some(t) = &self.target {
+            t.check("target")?;
+        }
+        if self.batch_size < 1 || self.threads < 1 {
+            return Err(TrainError::Config("batch_size and threads must be >= 1".into()));
+        }
+        if !(self.optimizer.lr > 0.0) {
+            return Err(TrainError::Config(format!("[task.optimizer] lr = {} must be > 0", self.optimizer.lr)));
+        }
+        Ok(())
+    }
+}
+
+/// A training task at one fidelity.
+pub struct TrainTask {
+    space: Space,
+    config: TrainTaskConfig,
+    fidelity: Fidelity,
+    data: Arc<Data>,
+    device: Device,
+    evaluate_test: bool,
+}
+
+impl TrainTask {
+    /// Loads the data and prepares it for `fidelity`. `evaluate_test` adds
+    /// the test accuracy to the metrics (final retraining only).
+    pub fn new(config: &TrainTaskConfig, space: Space, fidelity: Fidelity, evaluate_test: bool, device: Option<DeviceChoice>) -> Result<Self, TrainError> {
+        config.check(&space)?;
+        let device = device.unwrap_or(config.device).resolve()?;
+        let raw = RawDataset::load(config.dataset, config.data_dir.as_deref())?;
+        let data = Data::prepare(&raw, config.valid_fraction, config.split_seed, fidelity.fraction, fidelity.resolution, device)?;
+        Ok(TrainTask { space, config: config.clone(), fidelity, data: Arc::new(data), device, evaluate_test })
+    }
+
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    fn run_spec(&self) -> RunSpec {
+        RunSpec {
+            epochs: self.fidelity.epochs,
+            batch_size: self.config.batch_size,
+            optim: self.config.optimizer.clone(),
+            crop_pad: self.config.crop_pad,
+            flip: self.config.flip,
+            evaluate_test: self.evaluate_test,
+        }
+    }
+
+    /// Builds the network of `arch` (weights drawn from `seed`).
+    pub fn build(&self, arch: &Architecture, seed: u64) -> Result<nets::Model, TrainError> {
+        let io = IoShape { channels: self.data.channels, resolution: self.data.resolution, classes: self.data.classes };
+        let scale = Scale { width: self.fidelity.width, repeats: self.fidelity.repeats };
+        self.config.network.build(&self.space, arch, io, scale, self.device, seed)
+    }
+}
+
+impl Task for TrainTask {
+    fn space(&self) -> &Space {
+        &self.space
+    }
+
+    fn objective(&self) -> &str {
+        "valid_accuracy"
+    }
+
+    fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
+        tch::set_num_threads(self.config.threads);
+        let fail = |e: TrainError| TaskError::Failed(e.to_string());
+        let model = self.build(arch, ctx.seed).map_err(fail)?;
+        let reporter = &mut *ctx.reporter;
+        let result = trainer::train(&model, &self.data, &self.run_spec(), ctx.seed, ctx.checkpoint_dir.as_deref(), &mut |epoch, acc| {
+            reporter.report(epoch as u64, acc)
+        })
+        .map_err(fail)?;
+        let params: i64 = model.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+        let mut metrics = BTreeMap::from([
+            ("valid_accuracy".to_string(), result.valid_accuracy),
+            ("valid_loss".to_string(), result.valid_loss),
+            ("train_loss".to_string(), result.train_loss),
+            ("train_seconds".to_string(), result.seconds),
+            ("epochs".to_string(), result.epochs as f64),
+            ("params".to_string(), params as f64),
+            ("resumed_from_epoch".to_string(), result.resumed_from as f64),
+        ]);
+        if let Some(t) = result.test_accuracy {
+            metrics.insert("test_accuracy".into(), t);
+        }
+        Ok(Evaluation { value: result.valid_accuracy, metrics, cost: result.seconds })
+    }
+}

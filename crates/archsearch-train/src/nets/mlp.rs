@@ -1,0 +1,108 @@
+//! The MLP space. Each layer `i` is described by decisions named
+//! `layer{i}.width` (required; options are numbers), `layer{i}.act` (`relu`,
+//! `gelu`, `tanh`, `sigmoid`; default `relu`), `layer{i}.residual` (`no`,
+//! `yes`: adds the layer's input when the widths agree) and `layer{i}.norm`
+//! (`none`, `layernorm`). Weights are named `layer{i}.linear.*`,
+//! `layer{i}.norm.*` and `head.*`.
+
+use std::collections::BTreeMap;
+
+use archsearch_core::{Architecture, Space};
+use tch::nn::Path;
+use tch::Tensor;
+
+use super::{scaled, IoShape, Network, Scale};
+use crate::nn::{InitRng, LayerNorm, Linear};
+use crate::TrainError;
+
+#[derive(Default, Clone)]
+struct LayerChoice {
+    width: Option<i64>,
+    act: String,
+    residual: bool,
+    norm: bool,
+}
+
+fn layers(space: &Space, arch: Option<&Architecture>) -> Result<Vec<LayerChoice>, TrainError> {
+    let mut out: BTreeMap<usize, LayerChoice> = BTreeMap::new();
+    let bad = |m: String| TrainError::Config(m);
+    for (i, d) in space.decisions().iter().enumerate() {
+        let (layer, key) = d
+            .name
+            .strip_prefix("layer")
+            .and_then(|s| s.split_once('.'))
+            .and_then(|(n, k)| n.parse::<usize>().ok().map(|n| (n, k)))
+            .ok_or_else(|| bad(format!("MLP decision `{}` is not named `layer<N>.<width|act|residual|norm>`", d.name)))?;
+        let l = out.entry(layer).or_insert_with(|| LayerChoice { act: "relu".into(), ..Default::default() });
+        let choices: Vec<&String> = match arch {
+            Some(a) => vec![&d.options[a.choices[i]]],
+            None => d.options.iter().collect(),
+        };
+        for opt in choices {
+            match key {
+                "width" => l.width = Some(opt.parse().map_err(|_| bad(format!("`{}`: width `{opt}` is not a number", d.name)))?),
+                "act" if ["relu", "gelu", "tanh", "sigmoid"].contains(&opt.as_str()) => l.act = opt.clone(),
+                "residual" if opt == "yes" || opt == "no" => l.residual = opt == "yes",
+                "norm" if opt == "none" || opt == "layernorm" => l.norm = opt == "layernorm",
+                _ => return Err(bad(format!("`{}`: unknown option `{opt}`", d.name))),
+            }
+        }
+    }
+    let v: Vec<LayerChoice> = out.into_values().collect();
+    if let Some(i) = v.iter().position(|l| l.width.is_none()) {
+        return Err(bad(format!("MLP layer {i} has no `layer{i}.width` decision")));
+    }
+    Ok(v)
+}
+
+pub fn check_space(space: &Space) -> Result<(), TrainError> {
+    layers(space, None).map(|_| ())
+}
+
+struct Layer {
+    linear: Linear,
+    norm: Option<LayerNorm>,
+    act: String,
+    residual: bool,
+}
+
+pub struct Mlp {
+    layers: Vec<Layer>,
+    head: Linear,
+}
+
+impl Mlp {
+    pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale) -> Result<Self, TrainError> {
+        let mut cin = io.channels * io.resolution * io.resolution;
+        let mut out = Vec::new();
+        for (i, l) in layers(space, Some(arch))?.into_iter().enumerate() {
+            let w = scaled(l.width.unwrap(), scale.width);
+            let p = root / format!("layer{i}");
+            let linear = Linear::new(&(&p / "linear"), rng, cin, w);
+            let norm = l.norm.then(|| LayerNorm::new(&(&p / "norm"), w));
+            out.push(Layer { linear, norm, act: l.act, residual: l.residual && cin == w });
+            cin = w;
+        }
+        Ok(Mlp { layers: out, head: Linear::new(&(root / "head"), rng, cin, io.classes) })
+    }
+}
+
+impl Network for Mlp {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Tensor {
+        let mut x = x.flatten(1, -1);
+        for l in &self.layers {
+            let mut y = l.linear.forward(&x);
+            if let Some(n) = &l.norm {
+                y = n.forward(&y);
+            }
+            y = match l.act.as_str() {
+                "gelu" => y.gelu("none"),
+                "tanh" => y.tanh(),
+                "sigmoid" => y.sigmoid(),
+                _ => y.relu(),
+            };
+            x = if l.residual { y + x } else { y };
+        }
+        self.head.forward(&x)
+    }
+}
