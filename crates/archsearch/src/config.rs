@@ -211,6 +211,7 @@ impl Config {
         let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
         let workers = self.study.workers.unwrap_or(1).min(n as usize).max(1);
         task.threads = task.threads.max((cores / workers) as i32);
+        Some(Config {
             study: StudySection {
                 name: Some(format!("{}.target", self.name())),
                 trials: Some(n),
