@@ -53,13 +53,14 @@ class Mlp(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def run(net, steps, threads, batch, data_dir, seed=0):
+def run(net, steps, threads, batch, data_dir, seed=0, device="cpu"):
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     x, y = load(data_dir)
-    model = {"cnn": Cnn, "mlp": Mlp}[net]()
+    x, y = x.to(device), y.to(device)
+    model = {"cnn": Cnn, "mlp": Mlp}[net]().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = torch.randperm(x.shape[0])
+    order = torch.randperm(x.shape[0]).to(device)
     def step(i):
         idx = order[(i * batch) % (x.shape[0] - batch):][:batch]
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
@@ -75,7 +76,7 @@ def run(net, steps, threads, batch, data_dir, seed=0):
         loss = step(i)
     loss.item()
     dt = time.perf_counter() - t
-    return {"side": "pytorch", "net": net, "threads": threads, "batch": batch, "steps": steps,
+    return {"side": "pytorch", "net": net, "threads": threads, "batch": batch, "steps": steps, "device": device,
             "ms_per_step": 1000 * dt / steps, "steps_per_second": steps / dt}
 
 
@@ -91,10 +92,11 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--procs", type=int, default=1, help="concurrent training processes")
     ap.add_argument("--data", default=DATA)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     for net in a.nets.split(","):
         if a.procs == 1:
-            print(json.dumps(run(net, a.steps, a.threads, a.batch, a.data)), flush=True)
+            print(json.dumps(run(net, a.steps, a.threads, a.batch, a.data, device=a.device)), flush=True)
         else:
             with mp.get_context("spawn").Pool(a.procs) as pool:
                 t = time.perf_counter()

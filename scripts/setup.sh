@@ -18,5 +18,8 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.__version__.sta
     .venv/bin/pip install -q --disable-pip-version-check torch==2.11.0
 fi
 
+# safetensors: the tests check that PyTorch's loader reads our checkpoints.
+.venv/bin/python -c 'import safetensors' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check safetensors
+
 source scripts/env.sh
 cargo build --release --locked -j "${CARGO_BUILD_JOBS}" --bin archsearch

@@ -76,25 +76,33 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: u64, seeds: u
 /// and by PyTorch (`benches/pytorch_reference.py`) on Fashion-MNIST, same
 /// batch, Adam and thread count; then the worker pool's total throughput
 /// against PyTorch's best single-process setting.
-pub fn train_speed(steps: usize, batch: i64, workers: usize, python: &std::path::Path, data_dir: Option<&std::path::Path>) -> Result<()> {
+pub fn train_speed(
+    steps: usize,
+    batch: i64,
+    workers: usize,
+    python: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+    device: tch::Device,
+) -> Result<()> {
     use archsearch_core::Architecture;
     use archsearch_train::data::{Data, DatasetKind, RawDataset};
     use archsearch_train::nets::{IoShape, NetConfig, Scale};
     use archsearch_train::trainer::time_steps;
 
     let raw = RawDataset::load(DatasetKind::FashionMnist, data_dir)?;
-    let data = Data::prepare(&raw, 1.0 / 6.0, 0, 1.0, None, tch::Device::Cpu)?;
+    let data = Data::prepare(&raw, 1.0 / 6.0, 0, 1.0, None, device)?;
+    let device_arg = if device.is_cuda() { "cuda" } else { "cpu" };
     let io = IoShape { channels: 1, resolution: 28, classes: 10 };
     let scale = Scale { width: 1.0, repeats: 1 };
     let space = archsearch_core::Space::sequence(1, 1);
     let arch = Architecture::new(vec![0]);
-    let build = |net: &NetConfig, seed| net.build(&space, &arch, io, scale, tch::Device::Cpu, seed);
+    let build = |net: &NetConfig, seed| net.build(&space, &arch, io, scale, device, seed);
     let nets = [("cnn", NetConfig::ReferenceCnn), ("mlp", NetConfig::ReferenceMlp)];
     let data_arg = data_dir.map(|d| d.display().to_string()).unwrap_or_else(|| archsearch_train::data::DEBIAN_FASHION_MNIST.into());
     let pytorch = |extra: &[&str]| -> Result<Vec<serde_json::Value>> {
         let out = std::process::Command::new(python)
             .arg("benches/pytorch_reference.py")
-            .args(["--steps", &steps.to_string(), "--batch", &batch.to_string(), "--data", &data_arg])
+            .args(["--steps", &steps.to_string(), "--batch", &batch.to_string(), "--data", &data_arg, "--device", device_arg])
             .args(extra)
             .output()
             .map_err(|e| anyhow!("running {}: {e}", python.display()))?;
@@ -104,10 +112,11 @@ pub fn train_speed(steps: usize, batch: i64, workers: usize, python: &std::path:
         String::from_utf8_lossy(&out.stdout).lines().map(|l| Ok(serde_json::from_str(l)?)).collect()
     };
 
-    println!("reference networks, batch {batch}, Adam, Fashion-MNIST, {steps} timed steps");
+    println!("reference networks, batch {batch}, Adam, Fashion-MNIST, {steps} timed steps, device {device_arg}");
     println!("{:<5} {:>8} {:>16} {:>14} {:>8}", "net", "threads", "archsearch ms", "pytorch ms", "ratio");
     let mut best_pytorch: std::collections::BTreeMap<&str, f64> = Default::default();
-    for threads in [1, 2] {
+    let thread_counts: &[i32] = if device.is_cuda() { &[1] } else { &[1, 2] };
+    for &threads in thread_counts {
         tch::set_num_threads(threads);
         let py = pytorch(&["--threads", &threads.to_string()])?;
         for ((name, net), p) in nets.iter().zip(&py) {
@@ -118,6 +127,9 @@ pub fn train_speed(steps: usize, batch: i64, workers: usize, python: &std::path:
             *e = e.max(1000.0 / theirs);
             println!("{name:<5} {threads:>8} {ours:>16.2} {theirs:>14.2} {:>8.3}", ours / theirs);
         }
+    }
+    if device.is_cuda() {
+        return Ok(());
     }
     println!("\nworker pool: {workers} concurrent trainings, 1 thread each (total steps/s)");
     for (name, net) in &nets {

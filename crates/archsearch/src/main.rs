@@ -70,6 +70,9 @@ enum Command {
         /// Folder of the Fashion-MNIST files.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Where both sides train.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
     },
     /// Measure the per-trial cost of ask + tell + store as a study grows.
     BenchStore {
@@ -158,7 +161,10 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(args),
         Command::BenchStore { trials, study } => bench_store(trials, study),
-        Command::BenchTrain { steps, batch, workers, python, data_dir } => archsearch::bench::train_speed(steps, batch, workers, &python, data_dir.as_deref()),
+        Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
+            let device = device.choice().resolve()?;
+            archsearch::bench::train_speed(steps, batch, workers, &python, data_dir.as_deref(), device)
+        }
     }
 }
 

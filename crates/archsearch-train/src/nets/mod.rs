@@ -111,3 +111,92 @@ impl NetConfig {
 pub(crate) fn scaled(c: i64, width: f64) -> i64 {
     ((c as f64 * width).round() as i64).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archsearch_core::space::SpaceSpec;
+    use tch::Kind;
+
+    fn io() -> IoShape {
+        IoShape { channels: 1, resolution: 8, classes: 10 }
+    }
+    const ONE: Scale = Scale { width: 1.0, repeats: 1 };
+
+    #[test]
+    fn macro_weights_are_named_by_position_and_initialised_as_pytorch() {
+        let space = toml::from_str::<SpaceSpec>("kind = \"sequence\"\nlength = 3\noptions = [\"conv3x3\", \"sep5x5\", \"identity\"]\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        let net = NetConfig::Macro { channels: 8, reductions: None, stem_stride: 1 };
+        let m = net.build(&space, &Architecture::new(vec![0, 1, 2]), io(), ONE, Device::Cpu, 0).unwrap();
+        let vars = m.vs.variables();
+        for name in ["pos0.conv.weight", "pos0.bn.running_var", "pos1.dw.weight", "pos1.pw.weight", "reduce1.conv.weight", "head.bias"] {
+            assert!(vars.contains_key(name), "{name} missing: {:?}", vars.keys().collect::<Vec<_>>());
+        }
+        assert!(!vars.keys().any(|k| k.starts_with("pos2.")), "identity owns no weights");
+        // PyTorch's Conv2d init: uniform in ±1/sqrt(fan_in), std = bound/√3.
+        let w = &vars["pos0.conv.weight"];
+        let bound = 1.0 / ((8 * 9) as f64).sqrt();
+        assert!(w.abs().max().double_value(&[]) <= bound + 1e-7);
+        let std = w.std(true).double_value(&[]);
+        assert!((std - bound / 3f64.sqrt()).abs() < 0.1 * bound, "std {std}");
+        // Same seed, same weights; another seed, others.
+        let again = net.build(&space, &Architecture::new(vec![0, 1, 2]), io(), ONE, Device::Cpu, 0).unwrap();
+        assert!(again.vs.variables()["pos0.conv.weight"].equal(w));
+        let other = net.build(&space, &Architecture::new(vec![0, 1, 2]), io(), ONE, Device::Cpu, 1).unwrap();
+        assert!(!other.vs.variables()["pos0.conv.weight"].equal(w));
+        let y = m.net.forward_t(&Tensor::zeros([2, 1, 8, 8], (Kind::Float, Device::Cpu)), true);
+        assert_eq!(y.size(), vec![2, 10]);
+    }
+
+    #[test]
+    fn width_and_repeats_scale_the_macro_network() {
+        let space = Space::sequence(2, 1);
+        let space = Space::new(
+            archsearch_core::SpaceKind::Sequence,
+            space.decisions().iter().map(|d| archsearch_core::Decision { name: d.name.clone(), options: vec!["conv3x3".into()] }).collect(),
+            vec![],
+        )
+        .unwrap();
+        let net = NetConfig::Macro { channels: 8, reductions: Some(vec![]), stem_stride: 1 };
+        let arch = Architecture::new(vec![0, 0]);
+        let m = net.build(&space, &arch, io(), Scale { width: 0.5, repeats: 2 }, Device::Cpu, 0).unwrap();
+        let vars = m.vs.variables();
+        assert_eq!(vars["pos0.conv.weight"].size(), vec![4, 4, 3, 3]);
+        assert!(vars.contains_key("pos1.rep1.conv.weight"));
+    }
+
+    #[test]
+    fn unknown_macro_ops_and_malformed_mlp_spaces_are_rejected() {
+        let bad = toml::from_str::<SpaceSpec>("kind = \"sequence\"\nlength = 2\noptions = [\"conv3x3\", \"conv7x7\"]\n").unwrap().build().unwrap();
+        let e = NetConfig::Macro { channels: 8, reductions: None, stem_stride: 1 }.check_space(&bad).unwrap_err();
+        assert!(e.to_string().contains("conv7x7"), "{e}");
+        let e = NetConfig::Mlp.check_space(&bad).unwrap_err();
+        assert!(e.to_string().contains("layer<N>"), "{e}");
+    }
+
+    #[test]
+    fn mlp_builds_from_its_decisions() {
+        let space = toml::from_str::<SpaceSpec>(
+            r#"kind = "custom"
+decisions = [
+  { name = "layer0.width", options = ["32", "64"] },
+  { name = "layer0.act", options = ["relu", "gelu"] },
+  { name = "layer1.width", options = ["32", "64"] },
+  { name = "layer1.residual", options = ["no", "yes"] },
+  { name = "layer1.norm", options = ["none", "layernorm"] },
+]"#,
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let m = NetConfig::Mlp.build(&space, &Architecture::new(vec![1, 1, 1, 1, 1]), io(), ONE, Device::Cpu, 0).unwrap();
+        let vars = m.vs.variables();
+        assert_eq!(vars["layer0.linear.weight"].size(), vec![64, 64]);
+        assert!(vars.contains_key("layer1.norm.weight"));
+        let y = m.net.forward_t(&Tensor::zeros([3, 1, 8, 8], (Kind::Float, Device::Cpu)), true);
+        assert_eq!(y.size(), vec![3, 10]);
+    }
+}
