@@ -139,7 +139,51 @@ fn read_cifar(dir: &Path) -> Result<(RawImages, RawImages), TrainError> {
     Ok((read(&train)?, read(&["test_batch.bin".to_string()])?))
 }
 
+/// The canonical download addresses of the IDX data sets.
+fn canonical_url(kind: DatasetKind) -> Option<&'static str> {
+    match kind {
+        DatasetKind::FashionMnist => Some("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"),
+        DatasetKind::Mnist => Some("https://storage.googleapis.com/cvdf-datasets/mnist/"),
+        DatasetKind::Cifar10 => None,
+    }
+}
+
+/// Downloads the four IDX files of `kind` into `dir` (those not there yet)
+/// from the data set's canonical address. Needs a network; not used by tests.
+pub fn download(kind: DatasetKind, dir: &Path) -> Result<(), TrainError> {
+    let base = canonical_url(kind).ok_or_else(|| TrainError::Data(format!("{kind:?} cannot be downloaded by archsearch; put its files in `data_dir`")))?;
+    std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e))?;
+    for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
+        let file = dir.join(format!("{name}.gz"));
+        if file.exists() {
+            continue;
+        }
+        let url = format!("{base}{name}.gz");
+        tracing::info!(%url, "downloading");
+        let mut body = Vec::new();
+        ureq::get(&url)
+            .call()
+            .map_err(|e| TrainError::Data(format!("downloading {url}: {e}")))?
+            .into_reader()
+            .read_to_end(&mut body)
+            .map_err(|e| TrainError::Data(format!("downloading {url}: {e}")))?;
+        let tmp = file.with_extension("gz.part");
+        std::fs::write(&tmp, &body).map_err(|e| data_err(&tmp, e))?;
+        std::fs::rename(&tmp, &file).map_err(|e| data_err(&file, e))?;
+    }
+    Ok(())
+}
+
 impl RawDataset {
+    /// Loads a data set from `dir`, or (Fashion-MNIST) the Debian package's
+    /// folder. With `download`, missing IDX files are first fetched into `dir`.
+    pub fn load_or_download(kind: DatasetKind, dir: Option<&Path>, download_missing: bool) -> Result<Self, TrainError> {
+        if let (true, Some(d)) = (download_missing, dir) {
+            download(kind, d)?;
+        }
+        Self::load(kind, dir)
+    }
+
     /// Loads a data set from `dir`, or (Fashion-MNIST) the Debian package's folder.
     pub fn load(kind: DatasetKind, dir: Option<&Path>) -> Result<Self, TrainError> {
         let dir: PathBuf = match (dir, kind) {

@@ -135,6 +135,10 @@ pub struct TrainTaskConfig {
     /// Folder of the data files (default for Fashion-MNIST: the Debian package's).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Download missing data files into `data_dir` from the data set's
+    /// canonical address (needs a network).
+    #[serde(default)]
+    pub download: bool,
     /// Fraction of the training set held out for validation (the search signal).
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
@@ -205,7 +209,7 @@ impl TrainTask {
     pub fn new(config: &TrainTaskConfig, space: Space, fidelity: Fidelity, evaluate_test: bool, device: Option<DeviceChoice>) -> Result<Self, TrainError> {
         config.check(&space)?;
         let device = device.unwrap_or(config.device).resolve()?;
-        let raw = RawDataset::load(config.dataset, config.data_dir.as_deref())?;
+        let raw = RawDataset::load_or_download(config.dataset, config.data_dir.as_deref(), config.download)?;
         let data = Data::prepare(&raw, config.valid_fraction, config.split_seed, fidelity.fraction, fidelity.resolution, device)?;
         Ok(TrainTask { space, config: config.clone(), fidelity, data: Arc::new(data), device, evaluate_test })
     }

@@ -4,6 +4,7 @@
 
 pub mod macro_net;
 pub mod mlp;
+pub mod nb201;
 pub mod reference;
 
 use archsearch_core::{Architecture, Space};
@@ -43,6 +44,15 @@ pub enum NetConfig {
         #[serde(default = "one")]
         stem_stride: i64,
     },
+    /// The NAS-Bench-201 cell network (see [`nb201`]).
+    Nb201 {
+        /// Channels of the first stage (NAS-Bench-201: 16).
+        #[serde(default = "default_channels")]
+        channels: i64,
+        /// Cells per stage (NAS-Bench-201: 5).
+        #[serde(default = "five")]
+        cells: usize,
+    },
     /// A multi-layer perceptron (see [`mlp`]).
     Mlp,
     /// The fixed reference CNN of the benchmarks (the architecture is ignored).
@@ -56,6 +66,9 @@ fn default_channels() -> i64 {
 }
 fn one() -> i64 {
     1
+}
+fn five() -> usize {
+    5
 }
 
 /// Shape of the network's input and output.
@@ -81,6 +94,7 @@ impl NetConfig {
         match self {
             NetConfig::Macro { .. } => macro_net::check_space(space),
             NetConfig::Mlp => mlp::check_space(space),
+            NetConfig::Nb201 { .. } => nb201::check_space(space),
             NetConfig::ReferenceCnn | NetConfig::ReferenceMlp => Ok(()),
         }
     }
@@ -101,6 +115,9 @@ impl NetConfig {
                 macro_net::Shape { channels: *channels, reductions: reductions.as_deref(), stem_stride: *stem_stride },
             )?),
             NetConfig::Mlp => Box::new(mlp::Mlp::new(&root, &mut rng, space, arch, io, scale)?),
+            NetConfig::Nb201 { channels, cells } => {
+                Box::new(nb201::Nb201Net::new(&root, &mut rng, space, arch, io, scale, *channels, *cells)?)
+            }
             NetConfig::ReferenceCnn => Box::new(reference::Cnn::new(&root, &mut rng, io)),
             NetConfig::ReferenceMlp => Box::new(reference::Mlp::new(&root, &mut rng, io)),
         };
@@ -175,6 +192,22 @@ mod tests {
         assert!(e.to_string().contains("conv7x7"), "{e}");
         let e = NetConfig::Mlp.check_space(&bad).unwrap_err();
         assert!(e.to_string().contains("layer<N>"), "{e}");
+    }
+
+    #[test]
+    fn nb201_cell_network_builds_and_names_weights_by_edge() {
+        let space = Space::nb201();
+        let arch = space.parse("|nor_conv_3x3~0|+|none~0|skip_connect~1|+|nor_conv_1x1~0|avg_pool_3x3~1|nor_conv_3x3~2|").unwrap();
+        let net = NetConfig::Nb201 { channels: 4, cells: 1 };
+        let m = net.build(&space, &arch, IoShape { channels: 3, resolution: 8, classes: 10 }, ONE, Device::Cpu, 0).unwrap();
+        let vars = m.vs.variables();
+        for name in ["pos0.stage0.cell0.conv.weight", "pos3.stage2.cell0.bn.running_mean", "pos5.stage1.cell0.conv.weight", "reduce1.shortcut.weight"] {
+            assert!(vars.contains_key(name), "{name}: {:?}", vars.keys().collect::<Vec<_>>());
+        }
+        assert_eq!(vars["pos0.stage2.cell0.conv.weight"].size(), vec![16, 16, 3, 3]);
+        assert!(!vars.keys().any(|k| k.starts_with("pos1.") || k.starts_with("pos2.") || k.starts_with("pos4.")));
+        let y = m.net.forward_t(&Tensor::zeros([2, 3, 8, 8], (Kind::Float, Device::Cpu)), true);
+        assert_eq!(y.size(), vec![2, 10]);
     }
 
     #[test]
