@@ -34,6 +34,19 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
     stale_state_is_handed_back(make().as_mut());
     orphans_of_dead_owners_are_claimed(make().as_mut());
     ask_can_decline(make().as_mut());
+    population_steps_are_recorded(make().as_mut());
+}
+
+fn population_steps_are_recorded(s: &mut dyn Storage) {
+    let id = study(s, "pbt");
+    s.record_step(id, 0, &[(0, "{\"fitness\":1.0}".into()), (1, "{\"fitness\":2.0}".into())], b"step-1").unwrap();
+    s.record_step(id, 1, &[(0, "{\"fitness\":3.0}".into())], b"step-2").unwrap();
+    // Re-recording a step (a resumed run) replaces it.
+    s.record_step(id, 1, &[(0, "{\"fitness\":4.0}".into())], b"step-2b").unwrap();
+    let m = s.members(id).unwrap();
+    assert_eq!(m.len(), 3);
+    assert_eq!((m[2].step, m[2].member, m[2].record["fitness"].as_f64()), (1, 0, Some(4.0)));
+    assert_eq!(s.strategy_state(id).unwrap().unwrap().1, b"step-2b".to_vec());
 }
 
 fn studies_open_once(s: &mut dyn Storage) {

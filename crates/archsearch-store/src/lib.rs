@@ -123,6 +123,15 @@ pub struct TrialRecord {
     pub intermediate: Vec<(u64, f64)>,
 }
 
+/// One member of a population at one step (population-based training),
+/// its record as JSON (architecture, hyperparameters, fitness, lineage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub step: u64,
+    pub member: u64,
+    pub record: serde_json::Value,
+}
+
 /// A trial started by [`Storage::ask`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Started {
@@ -161,6 +170,12 @@ pub trait Storage: Send {
     fn trials(&self, study: i64) -> Result<Vec<TrialRecord>>;
     /// The stored strategy state and its version.
     fn strategy_state(&self, study: i64) -> Result<Option<(u64, Vec<u8>)>>;
+    /// In one transaction: records every member of a population at `step`
+    /// (replacing a record of the same step and member) and stores the
+    /// strategy state.
+    fn record_step(&mut self, study: i64, step: u64, members: &[(u64, String)], state: &[u8]) -> Result<()>;
+    /// Every member record of the study, by step and member.
+    fn members(&self, study: i64) -> Result<Vec<MemberRecord>>;
     /// Takes over RUNNING trials whose owner is gone (a dead process on this
     /// host, or no heartbeat for `stale_after` seconds from another host) and
     /// returns them, now owned by `owner`, to be run again.

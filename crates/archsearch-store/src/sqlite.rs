@@ -55,6 +55,13 @@ CREATE TABLE IF NOT EXISTS trial_values (
     value REAL NOT NULL,
     PRIMARY KEY (trial_id, step)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    step INTEGER NOT NULL,
+    member INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (study_id, step, member)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS finished_trials_are_immutable
 BEFORE UPDATE ON trials WHEN OLD.state <> 'RUNNING'
 BEGIN SELECT RAISE(ABORT, 'finished trials are immutable'); END;
@@ -328,6 +335,42 @@ impl Storage for SqliteStorage {
             })
             .map_err(|e| self.err(e))?;
         Ok(s.map(|s| (v as u64, s)))
+    }
+
+    fn record_step(&mut self, study: i64, step: u64, members: &[(u64, String)], state: &[u8]) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        for (member, record) in members {
+            tx.execute(
+                "INSERT OR REPLACE INTO members (study_id, step, member, record) VALUES (?1, ?2, ?3, ?4)",
+                params![study, step as i64, *member as i64, record],
+            )
+            .map_err(err)?;
+        }
+        tx.execute(
+            "UPDATE studies SET strategy_state = ?2, state_version = state_version + 1 WHERE id = ?1",
+            params![study, state],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn members(&self, study: i64) -> Result<Vec<crate::MemberRecord>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT step, member, record FROM members WHERE study_id = ?1 ORDER BY step, member")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([study], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (step, member, record) = row.map_err(|e| self.err(e))?;
+            let record = serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(format!("member record: {e}")))?;
+            out.push(crate::MemberRecord { step: step as u64, member: member as u64, record });
+        }
+        Ok(out)
     }
 
     fn claim_orphans(&mut self, study: i64, owner: &str, stale_after: f64) -> Result<Vec<TrialRecord>> {

@@ -12,6 +12,7 @@
 
 pub mod data;
 pub mod nets;
+pub mod mixing;
 pub mod nn;
 pub mod optim;
 pub mod trainer;
@@ -226,7 +227,47 @@ impl TrainTask {
             crop_pad: self.config.crop_pad,
             flip: self.config.flip,
             evaluate_test: self.evaluate_test,
+            schedule_epochs: None,
         }
+    }
+
+    /// Trains `arch` (a network drawn from `seed`, or the checkpoint in
+    /// `dir` if there is one) up to epoch `until` of a `total`-epoch
+    /// schedule, at learning rate `lr` if given, checkpointing into `dir`.
+    pub fn train_member(
+        &self,
+        arch: &Architecture,
+        seed: u64,
+        dir: &std::path::Path,
+        until: usize,
+        total: usize,
+        lr: Option<f64>,
+        evaluate_test: bool,
+    ) -> Result<trainer::RunResult, TrainError> {
+        tch::set_num_threads(self.config.threads);
+        let model = self.build(arch, seed)?;
+        let mut spec = self.run_spec();
+        spec.epochs = until;
+        spec.schedule_epochs = Some(total);
+        spec.evaluate_test = evaluate_test;
+        if let Some(lr) = lr {
+            spec.optim.lr = lr;
+        }
+        trainer::train(&model, &self.data, &spec, seed, Some(dir), &mut |_, _| {})
+    }
+
+    /// A freshly initialised network of `arch` as named tensors, and the
+    /// names of its trained parameters.
+    pub fn fresh_tensors(&self, arch: &Architecture, seed: u64) -> Result<(BTreeMap<String, tch::Tensor>, std::collections::BTreeSet<String>), TrainError> {
+        let model = self.build(arch, seed)?;
+        let vars = model.vs.variables();
+        let trainable = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
+        Ok((vars.into_iter().map(|(k, t)| (k, t.detach().copy())).collect(), trainable))
+    }
+
+    /// The task's settings.
+    pub fn config(&self) -> &TrainTaskConfig {
+        &self.config
     }
 
     /// Builds the network of `arch` (weights drawn from `seed`).

@@ -137,3 +137,16 @@ impl LayerNorm {
         x.layer_norm([self.dim], Some(&self.weight), Some(&self.bias), 1e-5, false)
     }
 }
+
+/// A tensor of `dims` drawn from N(0, std²) by Box–Muller on `rng`.
+pub fn normal(rng: &mut InitRng, dims: &[i64], std: f64) -> Tensor {
+    let n: i64 = dims.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random();
+            (std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect();
+    Tensor::from_slice(&v).view(dims)
+}

@@ -30,6 +30,9 @@ pub struct RunSpec {
     pub flip: bool,
     /// Also evaluate the test split at the end.
     pub evaluate_test: bool,
+    /// Length of the learning-rate schedule in epochs (default: `epochs`);
+    /// longer when a run is trained in pieces, as PBT does.
+    pub schedule_epochs: Option<usize>,
 }
 
 /// What a finished run measured.
@@ -76,16 +79,27 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
 }
 
 fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
     let mut named: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     named.extend(opt.named_state());
     named.push(("meta.epoch".into(), Tensor::from(next_epoch as i64)));
     named.push(("meta.step".into(), Tensor::from(opt.step)));
-    let cpu: Vec<(String, Tensor)> = named.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu))).collect();
+    write_checkpoint(dir, named.into_iter().collect())
+}
+
+/// Writes named tensors as the checkpoint of `dir` (atomically: a temporary
+/// file renamed into place).
+pub fn write_checkpoint(dir: &Path, tensors: std::collections::BTreeMap<String, Tensor>) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
+    let cpu: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu))).collect();
     let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
     Tensor::write_safetensors(&cpu, &tmp).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, checkpoint_path(dir)).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))
+}
+
+/// Reads the checkpoint of `dir` as named tensors.
+pub fn read_checkpoint(dir: &Path) -> Result<std::collections::BTreeMap<String, Tensor>, TrainError> {
+    let p = checkpoint_path(dir);
+    Ok(Tensor::read_safetensors(&p).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?.into_iter().collect())
 }
 
 /// Loads a checkpoint into `model` and `opt`; returns the epoch to resume at.
@@ -93,7 +107,9 @@ fn load_checkpoint(path: &Path, model: &Model, opt: &mut Optimizer) -> Result<us
     let err = |m: String| TrainError::Checkpoint(format!("{}: {m}", path.display()));
     let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?.into_iter().collect();
     let mut targets: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    targets.extend(opt.named_state());
+    // Optimiser entries may be missing (a PBT child keeps only those whose
+    // shapes match): those start at zero, as for a new parameter.
+    targets.extend(opt.named_state().into_iter().filter(|(name, _)| tensors.contains_key(name)));
     tch::no_grad(|| -> Result<(), TrainError> {
         for (name, mut t) in targets {
             let src = tensors.get(&name).ok_or_else(|| err(format!("no tensor `{name}`")))?;
@@ -142,7 +158,7 @@ pub fn train(
         (valid_acc, valid_loss) = evaluate(model, &data.valid, 1024);
     }
     for epoch in first_epoch..spec.epochs {
-        let lr = spec.optim.lr_at(epoch, spec.epochs);
+        let lr = spec.optim.lr_at(epoch, spec.schedule_epochs.unwrap_or(spec.epochs));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut order: Vec<i64> = (0..n).collect();
         order.shuffle(&mut rng);

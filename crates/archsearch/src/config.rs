@@ -146,7 +146,17 @@ impl Config {
             }
         }
         let space = self.space().context("[space]")?;
-        self.strategy.build(&space, 0).context("[strategy]")?;
+        match &self.strategy {
+            StrategyConfig::Pbt(p) => {
+                p.check().context("[strategy]")?;
+                if !matches!(self.task, TaskConfig::Train(_)) {
+                    bail!("[strategy] kind = \"pbt\" needs `[task] kind = \"train\"`");
+                }
+            }
+            s => {
+                s.build(&space, 0).context("[strategy]")?;
+            }
+        }
         if let TaskConfig::Train(t) = &self.task {
             t.check(&space).context("[task]")?;
         }

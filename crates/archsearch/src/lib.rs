@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod pbt;
 pub mod registry;
 pub mod report;
 pub mod study;

@@ -172,6 +172,11 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
     archsearch_rl::init_thread(1);
     let config = Config::load(&config_path)?;
     let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
+    if let StrategyConfig::Pbt(p) = &config.strategy {
+        archsearch::pbt::run_study(&config, p, &url, device, workers)?;
+        println!("store: {url}");
+        return Ok(());
+    }
     let search = run_one(&config, &url, quiet, device, workers)?;
     // Retrain the best architectures at the target fidelity, if the task has one.
     let top = match &search.config.task {
@@ -230,7 +235,7 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
     bar.finish_and_clear();
     let record = study.store().study(&study.record().name)?;
     let trials = study.store().trials(record.id)?;
-    print!("{}", summary(&study_report(&record, &trials)));
+    print!("{}", summary(&study_report(&record, &trials, &[])));
     Ok(Finished { config: study.config().clone(), record, trials })
 }
 
@@ -251,7 +256,8 @@ fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
     };
     for s in &studies {
         let trials = store.trials(s.id)?;
-        let r = study_report(s, &trials);
+        let members = store.members(s.id)?;
+        let r = study_report(s, &trials, &members);
         if json {
             println!("{}", serde_json::to_string(&r)?);
         } else {

@@ -24,6 +24,8 @@ pub enum StrategyConfig {
     PpoLstm(ppo::Config),
     /// A fixed list of architectures, in order.
     Fixed(fixed::Config),
+    /// Population based training / PBT-NAS (drives training itself).
+    Pbt(crate::pbt::Config),
 }
 
 /// The names `bench --strategies` accepts.
@@ -53,6 +55,7 @@ impl StrategyConfig {
             StrategyConfig::Ppo(_) => "ppo",
             StrategyConfig::PpoLstm(_) => "ppo-lstm",
             StrategyConfig::Fixed(_) => "fixed",
+            StrategyConfig::Pbt(_) => "pbt",
         }
     }
 
@@ -73,7 +76,7 @@ impl StrategyConfig {
         match self {
             StrategyConfig::Reinforce(c) | StrategyConfig::ReinforceLstm(c) => c.learning_rate = Some(lr),
             StrategyConfig::Ppo(c) | StrategyConfig::PpoLstm(c) => c.learning_rate = Some(lr),
-            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) | StrategyConfig::Fixed(_) => {}
+            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) | StrategyConfig::Fixed(_) | StrategyConfig::Pbt(_) => {}
         }
     }
 
@@ -89,6 +92,7 @@ impl StrategyConfig {
         Ok(match self.clone().resolve() {
             StrategyConfig::Random(c) => Box::new(random::RandomSearch::new(space.clone(), c, seed)),
             StrategyConfig::Fixed(c) => Box::new(fixed::Fixed::new(space, c)?),
+            StrategyConfig::Pbt(_) => anyhow::bail!("`pbt` trains its population itself; it has no ask/tell form"),
             StrategyConfig::Evolution(c) => Box::new(evolution::RegularizedEvolution::new(space.clone(), c, seed)?),
             StrategyConfig::Reinforce(c) => Box::new(reinforce::Reinforce::new(name, space, c, seed)?),
             StrategyConfig::ReinforceLstm(c) => {

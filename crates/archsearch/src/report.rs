@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use archsearch_store::{StudyRecord, TrialRecord};
+use archsearch_store::{MemberRecord, StudyRecord, TrialRecord};
 use serde::Serialize;
 
 use crate::study::best;
@@ -11,6 +11,9 @@ use crate::study::best;
 pub struct StudyReport<'a> {
     pub study: &'a StudyRecord,
     pub trials: &'a [TrialRecord],
+    /// Population history (population-based training), by step and member.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub members: &'a [MemberRecord],
     pub best: Option<&'a TrialRecord>,
     pub complete: usize,
     pub failed: usize,
@@ -18,12 +21,13 @@ pub struct StudyReport<'a> {
     pub running: usize,
 }
 
-pub fn study_report<'a>(study: &'a StudyRecord, trials: &'a [TrialRecord]) -> StudyReport<'a> {
+pub fn study_report<'a>(study: &'a StudyRecord, trials: &'a [TrialRecord], members: &'a [MemberRecord]) -> StudyReport<'a> {
     use archsearch_core::TrialState::*;
     let count = |s| trials.iter().filter(|t| t.state == s).count();
     StudyReport {
         study,
         trials,
+        members,
         best: best(trials, study.direction),
         complete: count(Complete),
         failed: count(Fail),
@@ -62,9 +66,39 @@ pub fn summary(r: &StudyReport<'_>) -> String {
     s
 }
 
-/// The trial table followed by the summary.
+/// The trial table followed by the summary (or, for population-based
+/// training, the population history).
 pub fn table(r: &StudyReport<'_>) -> String {
     let mut s = String::new();
+    if !r.members.is_empty() {
+        let _ = writeln!(s, "study `{}`: population history", r.study.name);
+        let _ = writeln!(s, "{:>4} {:>6} {:>9} {:>9}  {:<10} {:<24} lineage (position: parent/origin)", "step", "member", "fitness", "lr", "event", "choices");
+        for m in r.members {
+            let rec = &m.record;
+            let lineage = rec["lineage"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .enumerate()
+                        .map(|(i, x)| format!("{i}:{}/{}", x["parent"], x["origin"].as_str().unwrap_or("?")))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{:>4} {:>6} {:>9} {:>9.2e}  {:<10} {:<24} {}",
+                m.step,
+                m.member,
+                rec["fitness"].as_f64().map(|f| format!("{f:.2}")).unwrap_or_else(|| "-".into()),
+                rec["lr"].as_f64().unwrap_or(f64::NAN),
+                rec["event"].as_str().unwrap_or(""),
+                rec["choices"].to_string(),
+                lineage
+            );
+        }
+        return s;
+    }
     let _ = writeln!(s, "{:>6}  {:<8}  {:>10}  {:<40}  metrics / error", "trial", "state", "value", "architecture");
     for t in r.trials {
         let value = t.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());

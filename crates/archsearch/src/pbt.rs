@@ -1,0 +1,459 @@
+//! Population based training, and PBT-NAS: population based training that
+//! searches architectures.
+//!
+//! Jaderberg et al., "Population Based Training of Neural Networks", 2017;
+//! Chebykin, Alderliesten & Bosman, "Shrink-Perturb Improves Architecture
+//! Mixing during Population Based Training for Neural Architecture Search",
+//! ECAI 2023.
+//!
+//! A population of `population` members (architecture, learning rate,
+//! weights, optimiser state) trains in parallel. Every `interval` epochs all
+//! members are ranked by validation accuracy and the bottom `bottom` fraction
+//! is replaced:
+//!
+//! * `pbt-nas` — each replaced member becomes a child of two distinct parents
+//!   drawn uniformly from the top `top` fraction. The fitter parent is copied
+//!   whole (optimiser state kept where shapes match); each position takes the
+//!   other parent's option with probability `mix_probability`, with that
+//!   parent's weights shrink-perturbed, `λ·w + γ·w_fresh` (see
+//!   `archsearch_train::mixing`). No mixing after the last step. The initial
+//!   population is sampled stratified per position.
+//! * ablations: `no-mixing` (the fitter parent mixed with itself), `copy`
+//!   (λ = 1, γ = 0), `reinit` (λ = 0, γ = 1);
+//! * `mutation` — PBT with mutations instead of mixing (SEARL-like): copy a
+//!   top member, then with probability 1/3 each do nothing, add Gaussian
+//!   noise to its weights, or resample one position with fresh weights;
+//! * `pbt` — classic PBT: copy a top member (weights, optimiser state,
+//!   learning rate), then multiply the learning rate by 0.8 or 1.2;
+//! * `random` — random search at equal compute: `population` random
+//!   architectures trained for the whole budget, the best picked on validation.
+//!
+//! Defaults are the paper's (fractions 25 %, mixing probability 0.25,
+//! λ = 0.4, γ = 0.1); the population and budget default to what fits a small
+//! machine. Every member at every step is recorded with its lineage; the
+//! state after each step is saved, so a killed run continues from its last
+//! completed step with the same population, weights and random state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use archsearch_core::{Architecture, Rng, Space};
+use archsearch_store::{NewStudy, Storage};
+use archsearch_train::mixing::{self, Origin, ShrinkPerturb};
+use archsearch_train::trainer::{read_checkpoint, write_checkpoint};
+use archsearch_train::TrainTask;
+use rand::seq::IndexedRandom;
+use rand::{Rng as _, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+/// Which algorithm (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    PbtNas,
+    NoMixing,
+    Copy,
+    Reinit,
+    Mutation,
+    Pbt,
+    Random,
+}
+
+/// Settings of PBT and PBT-NAS (`[strategy] kind = "pbt"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub variant: Variant,
+    /// Members `N`.
+    pub population: usize,
+    /// Epochs between two exploit steps.
+    pub interval: usize,
+    /// Total epochs each member trains (a multiple of `interval`).
+    pub epochs: usize,
+    /// Fraction replaced at each step.
+    pub bottom: f64,
+    /// Fraction that parents are drawn from.
+    pub top: f64,
+    /// Probability that a position takes the donor's option (PBT-NAS `replace_arch_percent`).
+    pub mix_probability: f64,
+    /// λ of shrink-perturb.
+    pub shrink: f64,
+    /// γ of shrink-perturb.
+    pub perturb: f64,
+    /// Standard deviation of the weight noise of the `mutation` variant.
+    pub noise_std: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            variant: Variant::PbtNas,
+            population: 8,
+            interval: 1,
+            epochs: 4,
+            bottom: 0.25,
+            top: 0.25,
+            mix_probability: 0.25,
+            shrink: 0.4,
+            perturb: 0.1,
+            noise_std: 0.01,
+        }
+    }
+}
+
+impl Config {
+    pub fn check(&self) -> Result<()> {
+        if self.population < 2 || self.interval == 0 || self.epochs == 0 || self.epochs % self.interval != 0 {
+            bail!("needs `population` >= 2, `interval` >= 1 and `epochs` a positive multiple of `interval`");
+        }
+        if !(0.0..=0.5).contains(&self.bottom) || !(0.0..=0.5).contains(&self.top) || !(0.0..=1.0).contains(&self.mix_probability) {
+            bail!("needs 0 <= `bottom`, `top` <= 0.5 and 0 <= `mix_probability` <= 1");
+        }
+        Ok(())
+    }
+
+    fn shrink_perturb(&self) -> ShrinkPerturb {
+        match self.variant {
+            Variant::Copy => ShrinkPerturb::COPY,
+            Variant::Reinit => ShrinkPerturb::REINIT,
+            _ => ShrinkPerturb { shrink: self.shrink, perturb: self.perturb },
+        }
+    }
+
+    fn steps(&self) -> usize {
+        self.epochs / self.interval
+    }
+}
+
+/// Where one position of a member came from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Lineage {
+    /// The member whose weights it holds.
+    pub parent: u64,
+    pub origin: Origin,
+}
+
+/// One member of the population.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    pub id: u64,
+    pub arch: Architecture,
+    pub lr: f64,
+    pub seed: u64,
+    pub fitness: Option<f64>,
+    pub error: Option<String>,
+    /// How the member came to be: `initial`, `child`, `exploit`, `mutation`.
+    pub event: String,
+    pub born_at_step: usize,
+    pub parents: Vec<u64>,
+    /// Per position, empty for initial members.
+    pub lineage: Vec<Lineage>,
+}
+
+/// Everything the run needs to continue: saved after every step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    /// The next step to train.
+    step: usize,
+    next_id: u64,
+    members: Vec<Member>,
+    rng: Rng,
+}
+
+/// A PBT run on a store.
+pub struct Run<'a> {
+    pub config: Config,
+    pub space: Space,
+    pub task: &'a TrainTask,
+    pub store: &'a mut dyn Storage,
+    pub study: i64,
+    pub seed: u64,
+    pub workers: usize,
+    /// Member checkpoints live in `root/member-ID/`.
+    pub root: PathBuf,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub best: Member,
+    pub test_accuracy: Option<f64>,
+    /// Member-epochs trained (the compute used).
+    pub member_epochs: usize,
+}
+
+fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
+    crate::study::trial_seed(seed ^ a.wrapping_mul(0xA24B_AED4_963E_E407), b)
+}
+
+fn member_dir(root: &Path, id: u64) -> PathBuf {
+    root.join(format!("member-{id}"))
+}
+
+impl Run<'_> {
+    fn dir(&self, id: u64) -> PathBuf {
+        member_dir(&self.root, id)
+    }
+
+    fn initial_state(&self) -> State {
+        let mut rng = Rng::seed_from_u64(self.seed);
+        let n = self.config.population;
+        let archs = match self.config.variant {
+            Variant::Random | Variant::Pbt | Variant::Mutation => (0..n).map(|_| self.space.sample(&mut rng)).collect(),
+            _ => self.space.sample_stratified(n, &mut rng),
+        };
+        let lr = self.task.config().optimizer.lr;
+        let members = archs
+            .into_iter()
+            .enumerate()
+            .map(|(i, arch)| Member {
+                id: i as u64,
+                arch,
+                lr,
+                seed: mix_seed(self.seed, i as u64, 0),
+                fitness: None,
+                error: None,
+                event: "initial".into(),
+                born_at_step: 0,
+                parents: Vec::new(),
+                lineage: Vec::new(),
+            })
+            .collect();
+        State { step: 0, next_id: n as u64, members, rng }
+    }
+
+    /// Runs (or resumes) to the end; returns the best member.
+    pub fn run(&mut self, on_step: &mut dyn FnMut(usize, &[Member])) -> Result<Outcome> {
+        self.config.check()?;
+        let mut state = match self.store.strategy_state(self.study)? {
+            Some((_, bytes)) => serde_json::from_slice(&bytes).context("stored PBT state")?,
+            None => self.initial_state(),
+        };
+        let steps = self.config.steps();
+        while state.step < steps {
+            let until = (state.step + 1) * self.config.interval;
+            train_all(self.task, &self.root, self.workers, self.config.epochs, &mut state.members, until);
+            let step = state.step;
+            let records: Vec<(u64, String)> =
+                state.members.iter().map(|m| (m.id, serde_json::to_string(&record(m, step)).expect("member serialises"))).collect();
+            on_step(step, &state.members);
+            state.step += 1;
+            let last = state.step == steps;
+            if !last && self.config.variant != Variant::Random {
+                self.exploit_and_explore(&mut state)?;
+            }
+            let bytes = serde_json::to_vec(&state)?;
+            self.store.record_step(self.study, step as u64, &records, &bytes)?;
+        }
+        let best = state
+            .members
+            .iter()
+            .filter(|m| m.fitness.is_some())
+            .max_by(|a, b| a.fitness.unwrap().total_cmp(&b.fitness.unwrap()))
+            .cloned()
+            .ok_or_else(|| anyhow!("every member failed"))?;
+        let test = self
+            .task
+            .train_member(&best.arch, best.seed, &self.dir(best.id), self.config.epochs, self.config.epochs, Some(best.lr), true)?
+            .test_accuracy;
+        Ok(Outcome { best, test_accuracy: test, member_epochs: self.config.population * self.config.epochs })
+    }
+
+    /// Replaces the bottom members by children of the top ones.
+    fn exploit_and_explore(&self, state: &mut State) -> Result<()> {
+        let n = state.members.len();
+        let k_bottom = ((n as f64) * self.config.bottom).round() as usize;
+        let k_top = (((n as f64) * self.config.top).round() as usize).max(1);
+        let mut order: Vec<usize> = (0..n).collect();
+        let fit = |m: &Member| m.fitness.unwrap_or(f64::NEG_INFINITY);
+        order.sort_by(|&a, &b| fit(&state.members[b]).total_cmp(&fit(&state.members[a])).then(a.cmp(&b)));
+        let top: Vec<usize> = order[..k_top].to_vec();
+        let bottom: Vec<usize> = order[n - k_bottom.min(n - k_top)..].to_vec();
+        for &slot in &bottom {
+            let id = state.next_id;
+            state.next_id += 1;
+            let child = self.make_child(state, &top, id)?;
+            state.members[slot] = child;
+        }
+        Ok(())
+    }
+
+    fn make_child(&self, state: &mut State, top: &[usize], id: u64) -> Result<Member> {
+        let rng = &mut state.rng;
+        let step = state.step;
+        let seed = mix_seed(self.seed, id, step as u64);
+        let v = self.config.variant;
+        // Parents: two distinct top members for mixing variants, one otherwise.
+        let (fitter, donor) = if matches!(v, Variant::PbtNas | Variant::NoMixing | Variant::Copy | Variant::Reinit) && top.len() >= 2 {
+            let mut pair: Vec<usize> = top.choose_multiple(rng, 2).copied().collect();
+            let f = |i: usize| state.members[i].fitness.unwrap_or(f64::NEG_INFINITY);
+            if f(pair[1]) > f(pair[0]) {
+                pair.swap(0, 1);
+            }
+            (state.members[pair[0]].clone(), state.members[pair[1]].clone())
+        } else {
+            let p = state.members[top[rng.random_range(0..top.len())]].clone();
+            (p.clone(), p)
+        };
+        let fitter_ckpt = read_checkpoint(&self.dir(fitter.id))?;
+        let (model, optim): (BTreeMap<_, _>, BTreeMap<_, _>) = fitter_ckpt.into_iter().partition(|(k, _)| !k.starts_with("optim."));
+        let (mut arch, mut lr, event) = (fitter.arch.clone(), fitter.lr, "child");
+        let mut from_donor = vec![false; self.space.len()];
+        let mut parents = vec![fitter.id];
+        let mut tensors: BTreeMap<String, tch::Tensor>;
+        let sp = self.config.shrink_perturb();
+        match v {
+            Variant::PbtNas | Variant::NoMixing | Variant::Copy | Variant::Reinit => {
+                let donor = if v == Variant::NoMixing { fitter.clone() } else { donor };
+                let (a, mask) = self.space.mix(&fitter.arch, &donor.arch, self.config.mix_probability, rng);
+                (arch, from_donor) = (a, mask);
+                let donor_ckpt = read_checkpoint(&self.dir(donor.id))?;
+                let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
+                let mixed = mixing::mix(&fresh, &trainable, &model, &donor_ckpt, &from_donor, sp)?;
+                tensors = mixed.tensors;
+                if donor.id != fitter.id {
+                    parents.push(donor.id);
+                }
+            }
+            Variant::Mutation => {
+                let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
+                match rng.random_range(0..3) {
+                    0 => tensors = model.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect(),
+                    1 => {
+                        tensors = BTreeMap::new();
+                        for (k, t) in model.iter().filter(|(k, _)| !k.starts_with("meta.")) {
+                            let t = if trainable.contains(k) {
+                                let noise = archsearch_train::nn::normal(rng, &t.size(), self.config.noise_std).to_device(t.device());
+                                t + noise
+                            } else {
+                                t.copy()
+                            };
+                            tensors.insert(k.clone(), t);
+                        }
+                    }
+                    _ => {
+                        let (child, pos) = self.space.mutate(&fitter.arch, rng);
+                        arch = child;
+                        if let Some(p) = pos {
+                            from_donor[p] = true;
+                        }
+                        let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
+                        // The resampled position takes fresh weights (and statistics).
+                        tensors = mixing::mix(&fresh, &trainable, &model, &fresh, &from_donor, ShrinkPerturb::COPY)?.tensors;
+                    }
+                }
+                let _ = fresh;
+            }
+            Variant::Pbt => {
+                tensors = model.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect();
+                lr *= if rng.random_bool(0.5) { 0.8 } else { 1.2 };
+            }
+            Variant::Random => unreachable!("random search has no exploit step"),
+        }
+        let mut out = mixing::keep_optimizer_state(&optim, &tensors);
+        for k in ["meta.epoch", "meta.step"] {
+            if let Some(t) = model.get(k) {
+                out.insert(k.to_string(), t.copy());
+            }
+        }
+        out.append(&mut tensors);
+        write_checkpoint(&self.dir(id), out)?;
+        let origin_of = |d: bool| match (d, v) {
+            (false, _) => Origin::Copied,
+            (true, Variant::Mutation) => Origin::Fresh,
+            (true, _) => match sp {
+                ShrinkPerturb::COPY => Origin::Donated,
+                ShrinkPerturb::REINIT => Origin::Fresh,
+                _ => Origin::ShrinkPerturbed,
+            },
+        };
+        let donor_id = *parents.last().unwrap();
+        let lineage = from_donor
+            .iter()
+            .map(|&d| Lineage { parent: if d && v != Variant::Mutation { donor_id } else { fitter.id }, origin: origin_of(d) })
+            .collect();
+        let event = if v == Variant::Pbt { "exploit" } else if v == Variant::Mutation { "mutation" } else { event };
+        Ok(Member { id, arch, lr, seed, fitness: None, error: None, event: event.into(), born_at_step: step, parents, lineage })
+    }
+}
+
+/// Trains every member up to epoch `until`, `workers` at a time.
+fn train_all(task: &TrainTask, root: &Path, workers: usize, total: usize, members: &mut [Member], until: usize) {
+        let next = AtomicUsize::new(0);
+        let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers.max(1))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(m) = members.get(i) else { break };
+                            let r = task
+                                .train_member(&m.arch, m.seed, &member_dir(root, m.id), until, total, Some(m.lr), false)
+                                .map(|r| r.valid_accuracy)
+                                .map_err(|e| e.to_string());
+                            out.push((i, r));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("training thread")).collect()
+        });
+        for (i, r) in results {
+            match r {
+                Ok(acc) => (members[i].fitness, members[i].error) = (Some(acc), None),
+                Err(e) => (members[i].fitness, members[i].error) = (None, Some(e)),
+            }
+        }
+}
+
+
+/// The JSON record of a member at a step.
+fn record(m: &Member, step: usize) -> serde_json::Value {
+    serde_json::json!({
+        "step": step,
+        "member": m.id,
+        "choices": m.arch.choices,
+        "lr": m.lr,
+        "fitness": m.fitness,
+        "error": m.error,
+        "event": m.event,
+        "born_at_step": m.born_at_step,
+        "parents": m.parents,
+        "lineage": m.lineage,
+    })
+}
+
+/// Runs the PBT study of `config` (whose `[strategy]` is `pbt`) in the store at `url`.
+pub fn run_study(config: &crate::config::Config, pbt: &Config, url: &str, device: Option<archsearch_train::DeviceChoice>, workers: Option<usize>) -> Result<()> {
+    pbt.check().context("[strategy]")?;
+    let crate::config::TaskConfig::Train(task_cfg) = &config.task else { bail!("[strategy] kind = \"pbt\" needs a training task") };
+    let space = config.space()?;
+    let task = TrainTask::new(task_cfg, space.clone(), task_cfg.proxy.clone(), false, device)?;
+    let mut store = archsearch_store::open(url)?;
+    let new = NewStudy { name: config.name().into(), config: config.to_toml(), seed: config.study.seed, direction: config.study.direction };
+    let (record, _) = store.open_study(&new)?;
+    let root = PathBuf::from(format!("{}.ckpt", url.strip_prefix("sqlite://").unwrap_or(url))).join(&record.name);
+    let workers = workers.or(config.study.workers).unwrap_or(1).max(1);
+    let mut run = Run { config: pbt.clone(), space: space.clone(), task: &task, store: store.as_mut(), study: record.id, seed: record.seed, workers, root };
+    let start = std::time::Instant::now();
+    let out = run.run(&mut |step, members| {
+        let best = members.iter().filter_map(|m| m.fitness).fold(f64::NEG_INFINITY, f64::max);
+        eprintln!("step {step}: best validation accuracy {best:.2} ({:.0} s)", start.elapsed().as_secs_f64());
+    })?;
+    println!(
+        "pbt `{}` ({:?}): best member {} — {} — validation {:.2}, test {}",
+        record.name,
+        pbt.variant,
+        out.best.id,
+        space.canonical(&out.best.arch),
+        out.best.fitness.unwrap_or(f64::NAN),
+        out.test_accuracy.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into())
+    );
+    println!("compute: {} member-epochs; wall {:.0} s", out.member_epochs, start.elapsed().as_secs_f64());
+    let _ = Path::new(url);
+    Ok(())
+}
