@@ -51,6 +51,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run several PBT variants × seeds of a PBT config; print mean ± std of
+    /// the best members' test accuracy and the compute each used.
+    Compare {
+        /// A config with `[strategy] kind = "pbt"`.
+        config: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "pbt-nas,no-mixing,copy,reinit,mutation,random")]
+        variants: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// The store all runs go to (default: NAME-compare.db).
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay strategies on a tabular task for many seeds; print mean ± std.
     Bench(BenchArgs),
     /// Train the reference CNN and MLP with archsearch and with PyTorch (same
@@ -160,6 +179,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(args),
+        Command::Compare { config, variants, seeds, study, device, workers, json } => compare(config, variants, seeds, study, device, workers, json),
         Command::BenchStore { trials, study } => bench_store(trials, study),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
             let device = device.choice().resolve()?;
@@ -173,7 +193,7 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
     let config = Config::load(&config_path)?;
     let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
     if let StrategyConfig::Pbt(p) = &config.strategy {
-        archsearch::pbt::run_study(&config, p, &url, device, workers)?;
+        archsearch::pbt::run_study(&config, p, &url, device, workers, quiet)?;
         println!("store: {url}");
         return Ok(());
     }
@@ -243,6 +263,30 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
 fn checkpoint_root(url: &str) -> Option<PathBuf> {
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     (!path.contains("://") && path != ":memory:").then(|| PathBuf::from(format!("{path}.ckpt")))
+}
+
+fn compare(config: PathBuf, variants: Vec<String>, seeds: u64, study: Option<String>, device: Option<DeviceArg>, workers: Option<usize>, json: bool) -> Result<()> {
+    let config = Config::load(&config)?;
+    let variants: Vec<archsearch::pbt::Variant> = variants
+        .iter()
+        .map(|v| serde_json::from_value(serde_json::Value::String(v.trim().to_string())).map_err(|_| anyhow::anyhow!("unknown variant `{v}` (known: pbt-nas, no-mixing, copy, reinit, mutation, pbt, random)")))
+        .collect::<Result<_>>()?;
+    let url = study.unwrap_or_else(|| format!("{}-compare.db", config.name()));
+    let start = Instant::now();
+    let rows = archsearch::pbt::compare(&config, &variants, seeds, &url, device.map(DeviceArg::choice), workers)?;
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("{:<10} {:>18} {:>14} {:>12}", "variant", "test mean ± std", "member-epochs", "wall s/run");
+        for r in &rows {
+            let v = serde_json::to_value(r.variant)?;
+            println!("{:<10} {:>10.2} ± {:<5.2} {:>14} {:>12.0}", v.as_str().unwrap_or(""), r.mean, r.std, r.member_epochs, r.wall_seconds);
+        }
+        println!("total wall time {:.0} s; store {url}", start.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {

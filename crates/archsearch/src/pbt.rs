@@ -237,7 +237,7 @@ impl Run<'_> {
             train_all(self.task, &self.root, self.workers, self.config.epochs, &mut state.members, until);
             let step = state.step;
             let records: Vec<(u64, String)> =
-                state.members.iter().map(|m| (m.id, serde_json::to_string(&record(m, step)).expect("member serialises"))).collect();
+                state.members.iter().map(|m| (m.id, serde_json::to_string(&record(&self.space, m, step)).expect("member serialises"))).collect();
             on_step(step, &state.members);
             state.step += 1;
             let last = state.step == steps;
@@ -412,10 +412,11 @@ fn train_all(task: &TrainTask, root: &Path, workers: usize, total: usize, member
 
 
 /// The JSON record of a member at a step.
-fn record(m: &Member, step: usize) -> serde_json::Value {
+fn record(space: &Space, m: &Member, step: usize) -> serde_json::Value {
     serde_json::json!({
         "step": step,
         "member": m.id,
+        "arch": space.canonical(&m.arch),
         "choices": m.arch.choices,
         "lr": m.lr,
         "fitness": m.fitness,
@@ -427,8 +428,17 @@ fn record(m: &Member, step: usize) -> serde_json::Value {
     })
 }
 
-/// Runs the PBT study of `config` (whose `[strategy]` is `pbt`) in the store at `url`.
-pub fn run_study(config: &crate::config::Config, pbt: &Config, url: &str, device: Option<archsearch_train::DeviceChoice>, workers: Option<usize>) -> Result<()> {
+/// Runs (or resumes) the PBT study of `config` (whose `[strategy]` is
+/// `pbt` with settings `pbt`) in the store at `url`; returns its outcome and
+/// the wall seconds this process spent.
+pub fn run_study(
+    config: &crate::config::Config,
+    pbt: &Config,
+    url: &str,
+    device: Option<archsearch_train::DeviceChoice>,
+    workers: Option<usize>,
+    quiet: bool,
+) -> Result<(Outcome, f64)> {
     pbt.check().context("[strategy]")?;
     let crate::config::TaskConfig::Train(task_cfg) = &config.task else { bail!("[strategy] kind = \"pbt\" needs a training task") };
     let space = config.space()?;
@@ -441,19 +451,79 @@ pub fn run_study(config: &crate::config::Config, pbt: &Config, url: &str, device
     let mut run = Run { config: pbt.clone(), space: space.clone(), task: &task, store: store.as_mut(), study: record.id, seed: record.seed, workers, root };
     let start = std::time::Instant::now();
     let out = run.run(&mut |step, members| {
-        let best = members.iter().filter_map(|m| m.fitness).fold(f64::NEG_INFINITY, f64::max);
-        eprintln!("step {step}: best validation accuracy {best:.2} ({:.0} s)", start.elapsed().as_secs_f64());
+        if !quiet {
+            let best = members.iter().filter_map(|m| m.fitness).fold(f64::NEG_INFINITY, f64::max);
+            eprintln!("step {step}: best validation accuracy {best:.2} ({:.0} s)", start.elapsed().as_secs_f64());
+        }
     })?;
-    println!(
-        "pbt `{}` ({:?}): best member {} — {} — validation {:.2}, test {}",
-        record.name,
-        pbt.variant,
-        out.best.id,
-        space.canonical(&out.best.arch),
-        out.best.fitness.unwrap_or(f64::NAN),
-        out.test_accuracy.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into())
-    );
-    println!("compute: {} member-epochs; wall {:.0} s", out.member_epochs, start.elapsed().as_secs_f64());
-    let _ = Path::new(url);
-    Ok(())
+    let wall = start.elapsed().as_secs_f64();
+    if !quiet {
+        println!(
+            "pbt `{}` ({:?}): best member {} — {} — validation {:.2}, test {}",
+            record.name,
+            pbt.variant,
+            out.best.id,
+            space.canonical(&out.best.arch),
+            out.best.fitness.unwrap_or(f64::NAN),
+            out.test_accuracy.map(|t| format!("{t:.2}")).unwrap_or_else(|| "-".into())
+        );
+        println!("compute: {} member-epochs; wall {wall:.0} s", out.member_epochs);
+    }
+    Ok((out, wall))
+}
+
+/// One row of `archsearch compare`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompareRow {
+    pub variant: Variant,
+    pub seeds: u64,
+    /// Mean and std of the test accuracy of each run's best member.
+    pub mean: f64,
+    pub std: f64,
+    /// Member-epochs each run trained.
+    pub member_epochs: usize,
+    /// Mean wall seconds per run (0 for runs already finished in the store).
+    pub wall_seconds: f64,
+}
+
+/// Runs every variant for seeds `seed..seed + seeds` of `config` (each run a
+/// study `NAME-VARIANT-sSEED` in the store, so an interrupted comparison
+/// resumes) and summarises the best members' test accuracy.
+pub fn compare(
+    config: &crate::config::Config,
+    variants: &[Variant],
+    seeds: u64,
+    url: &str,
+    device: Option<archsearch_train::DeviceChoice>,
+    workers: Option<usize>,
+) -> Result<Vec<CompareRow>> {
+    let crate::registry::StrategyConfig::Pbt(base) = &config.strategy else { bail!("compare needs `[strategy] kind = \"pbt\"`") };
+    let mut rows = Vec::new();
+    for &variant in variants {
+        let mut tests = Vec::new();
+        let mut walls = Vec::new();
+        let mut epochs = 0;
+        for s in 0..seeds {
+            let mut c = config.clone();
+            let p = Config { variant, ..base.clone() };
+            c.strategy = crate::registry::StrategyConfig::Pbt(p.clone());
+            c.study.seed = config.study.seed + s;
+            let v = serde_json::to_value(variant)?;
+            c.study.name = Some(format!("{}-{}-s{}", config.name(), v.as_str().unwrap_or("variant"), c.study.seed));
+            let (out, wall) = run_study(&c, &p, url, device, workers, true)?;
+            eprintln!("{} seed {}: test {:.2} ({wall:.0} s)", v.as_str().unwrap_or(""), c.study.seed, out.test_accuracy.unwrap_or(f64::NAN));
+            tests.push(out.test_accuracy.unwrap_or(f64::NAN));
+            walls.push(wall);
+            epochs = out.member_epochs;
+        }
+        rows.push(CompareRow {
+            variant,
+            seeds,
+            mean: archsearch_core::stats::mean(&tests),
+            std: archsearch_core::stats::std(&tests),
+            member_epochs: epochs,
+            wall_seconds: archsearch_core::stats::mean(&walls),
+        });
+    }
+    Ok(rows)
 }
