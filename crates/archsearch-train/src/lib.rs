@@ -256,13 +256,14 @@ impl TrainTask {
         trainer::train(&model, &self.data, &spec, seed, Some(dir), &mut |_, _| {})
     }
 
-    /// A freshly initialised network of `arch` as named tensors, and the
+    /// A freshly initialised network of `arch` as named CPU tensors, and the
     /// names of its trained parameters.
     pub fn fresh_tensors(&self, arch: &Architecture, seed: u64) -> Result<(BTreeMap<String, tch::Tensor>, std::collections::BTreeSet<String>), TrainError> {
         let model = self.build(arch, seed)?;
         let vars = model.vs.variables();
         let trainable = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
-        Ok((vars.into_iter().map(|(k, t)| (k, t.detach().copy())).collect(), trainable))
+        // On the CPU, where checkpoints are read and mixed.
+        Ok((vars.into_iter().map(|(k, t)| (k, t.detach().to_device(Device::Cpu))).collect(), trainable))
     }
 
     /// The task's settings.
