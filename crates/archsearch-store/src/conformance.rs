@@ -35,6 +35,18 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
     orphans_of_dead_owners_are_claimed(make().as_mut());
     ask_can_decline(make().as_mut());
     population_steps_are_recorded(make().as_mut());
+    attributes_round_trip(make().as_mut());
+}
+
+fn attributes_round_trip(s: &mut dyn Storage) {
+    let id = study(s, "attrs");
+    s.set_attr(id, "proxy_check", "{\"tau\":0.5}").unwrap();
+    s.set_attr(id, "proxy_check", "{\"tau\":0.7}").unwrap();
+    s.set_attr(id, "note", "\"hello\"").unwrap();
+    let a = s.attrs(id).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a["proxy_check"]["tau"].as_f64(), Some(0.7));
+    assert_eq!(a["note"], "hello");
 }
 
 fn population_steps_are_recorded(s: &mut dyn Storage) {

@@ -176,6 +176,10 @@ pub trait Storage: Send {
     fn record_step(&mut self, study: i64, step: u64, members: &[(u64, String)], state: &[u8]) -> Result<()>;
     /// Every member record of the study, by step and member.
     fn members(&self, study: i64) -> Result<Vec<MemberRecord>>;
+    /// Sets a study attribute (a JSON value under a key; replaces the old one).
+    fn set_attr(&mut self, study: i64, key: &str, value: &str) -> Result<()>;
+    /// Every attribute of the study, by key.
+    fn attrs(&self, study: i64) -> Result<BTreeMap<String, serde_json::Value>>;
     /// Takes over RUNNING trials whose owner is gone (a dead process on this
     /// host, or no heartbeat for `stale_after` seconds from another host) and
     /// returns them, now owned by `owner`, to be run again.

@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS members (
     record TEXT NOT NULL,
     PRIMARY KEY (study_id, step, member)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS study_attrs (
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (study_id, key)
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS finished_trials_are_immutable
 BEFORE UPDATE ON trials WHEN OLD.state <> 'RUNNING'
 BEGIN SELECT RAISE(ABORT, 'finished trials are immutable'); END;
@@ -369,6 +375,24 @@ impl Storage for SqliteStorage {
             let (step, member, record) = row.map_err(|e| self.err(e))?;
             let record = serde_json::from_str(&record).map_err(|e| StoreError::Corrupt(format!("member record: {e}")))?;
             out.push(crate::MemberRecord { step: step as u64, member: member as u64, record });
+        }
+        Ok(out)
+    }
+
+    fn set_attr(&mut self, study: i64, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO study_attrs (study_id, key, value) VALUES (?1, ?2, ?3)", params![study, key, value])
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    fn attrs(&self, study: i64) -> Result<BTreeMap<String, serde_json::Value>> {
+        let mut stmt = self.conn.prepare("SELECT key, value FROM study_attrs WHERE study_id = ?1 ORDER BY key").map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([study], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.insert(k, serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(format!("study attribute `{}`: {e}", &v[..v.len().min(40)])))?);
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod config;
 pub mod pbt;
+pub mod proxy;
 pub mod registry;
 pub mod report;
 pub mod study;

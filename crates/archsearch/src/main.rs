@@ -70,6 +70,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure how well proxies (cheap columns or fidelities) rank
+    /// architectures as the target does: Kendall τ, Spearman ρ, top-k
+    /// overlap, regret and cost ratio.
+    ProxyCheck {
+        /// A proxy-check file (`[task]` and `[check]`).
+        config: PathBuf,
+        /// The store (default: NAME.db).
+        #[arg(long)]
+        study: Option<String>,
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay strategies on a tabular task for many seeds; print mean ± std.
     Bench(BenchArgs),
     /// Train the reference CNN and MLP with archsearch and with PyTorch (same
@@ -179,6 +195,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(args),
+        Command::ProxyCheck { config, study, device, workers, json } => proxy_check(config, study, device, workers, json),
         Command::Compare { config, variants, seeds, study, device, workers, json } => compare(config, variants, seeds, study, device, workers, json),
         Command::BenchStore { trials, study } => bench_store(trials, study),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
@@ -263,6 +280,28 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
 fn checkpoint_root(url: &str) -> Option<PathBuf> {
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     (!path.contains("://") && path != ":memory:").then(|| PathBuf::from(format!("{path}.ckpt")))
+}
+
+fn proxy_check(config: PathBuf, study: Option<String>, device: Option<DeviceArg>, workers: Option<usize>, json: bool) -> Result<()> {
+    let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "proxy-check".into());
+    let url = study.unwrap_or_else(|| format!("{stem}.db"));
+    let start = Instant::now();
+    let reports = archsearch::proxy::run(&config, &url, device.map(DeviceArg::choice), workers)?;
+    if json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!("{:<24} {:<14} {:>6} {:>8} {:>8} {:>12} {:>8} {:>10}", "proxy", "target", "archs", "tau", "rho", "top-k overlap", "regret", "cost ratio");
+        for r in &reports {
+            println!(
+                "{:<24} {:<14} {:>6} {:>8.3} {:>8.3} {:>8.3} (k={}) {:>8.2} {:>10.3}",
+                r.proxy, r.target, r.architectures, r.kendall_tau, r.spearman_rho, r.topk_overlap, r.k, r.regret, r.cost_ratio
+            );
+        }
+        println!("wall time {:.1} s; store {url}", start.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 fn compare(config: PathBuf, variants: Vec<String>, seeds: u64, study: Option<String>, device: Option<DeviceArg>, workers: Option<usize>, json: bool) -> Result<()> {

@@ -24,7 +24,8 @@
 //!   top member, then with probability 1/3 each do nothing, add Gaussian
 //!   noise to its weights, or resample one position with fresh weights;
 //! * `pbt` — classic PBT: copy a top member (weights, optimiser state,
-//!   learning rate), then multiply the learning rate by 0.8 or 1.2;
+//!   learning rate), then multiply the learning rate by 0.8 or 1.2, or
+//!   resample it (`explore`);
 //! * `random` — random search at equal compute: `population` random
 //!   architectures trained for the whole budget, the best picked on validation.
 //!
@@ -61,6 +62,16 @@ pub enum Variant {
     Random,
 }
 
+/// How classic PBT explores the learning rate it copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Explore {
+    /// Multiply by 0.8 or 1.2 (Jaderberg et al.'s "perturb").
+    Perturb,
+    /// Draw anew, log-uniform in `lr_range` ("resample").
+    Resample,
+}
+
 /// Settings of PBT and PBT-NAS (`[strategy] kind = "pbt"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +95,10 @@ pub struct Config {
     pub perturb: f64,
     /// Standard deviation of the weight noise of the `mutation` variant.
     pub noise_std: f64,
+    /// Classic PBT: how the copied learning rate is explored.
+    pub explore: Explore,
+    /// Classic PBT with `explore = "resample"`: the learning-rate range.
+    pub lr_range: [f64; 2],
 }
 
 impl Default for Config {
@@ -99,6 +114,8 @@ impl Default for Config {
             shrink: 0.4,
             perturb: 0.1,
             noise_std: 0.01,
+            explore: Explore::Perturb,
+            lr_range: [1e-4, 1e-1],
         }
     }
 }
@@ -107,6 +124,9 @@ impl Config {
     pub fn check(&self) -> Result<()> {
         if self.population < 2 || self.interval == 0 || self.epochs == 0 || self.epochs % self.interval != 0 {
             bail!("needs `population` >= 2, `interval` >= 1 and `epochs` a positive multiple of `interval`");
+        }
+        if !(self.lr_range[0] > 0.0 && self.lr_range[0] < self.lr_range[1]) {
+            bail!("needs 0 < `lr_range[0]` < `lr_range[1]`");
         }
         if !(0.0..=0.5).contains(&self.bottom) || !(0.0..=0.5).contains(&self.top) || !(0.0..=1.0).contains(&self.mix_probability) {
             bail!("needs 0 <= `bottom`, `top` <= 0.5 and 0 <= `mix_probability` <= 1");
@@ -299,7 +319,7 @@ impl Run<'_> {
         };
         let fitter_ckpt = read_checkpoint(&self.dir(fitter.id))?;
         let (model, optim): (BTreeMap<_, _>, BTreeMap<_, _>) = fitter_ckpt.into_iter().partition(|(k, _)| !k.starts_with("optim."));
-        let (mut arch, mut lr, event) = (fitter.arch.clone(), fitter.lr, "child");
+        let (mut arch, mut lr) = (fitter.arch.clone(), fitter.lr);
         let mut from_donor = vec![false; self.space.len()];
         let mut parents = vec![fitter.id];
         let mut tensors: BTreeMap<String, tch::Tensor>;
@@ -318,20 +338,16 @@ impl Run<'_> {
                 }
             }
             Variant::Mutation => {
-                let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
-                match rng.random_range(0..3) {
-                    0 => tensors = model.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect(),
+                let copy = |m: &BTreeMap<String, tch::Tensor>| m.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect();
+                tensors = match rng.random_range(0..3) {
+                    0 => copy(&model),
                     1 => {
-                        tensors = BTreeMap::new();
-                        for (k, t) in model.iter().filter(|(k, _)| !k.starts_with("meta.")) {
-                            let t = if trainable.contains(k) {
-                                let noise = archsearch_train::nn::normal(rng, &t.size(), self.config.noise_std).to_device(t.device());
-                                t + noise
-                            } else {
-                                t.copy()
-                            };
-                            tensors.insert(k.clone(), t);
+                        let (_, trainable) = self.task.fresh_tensors(&arch, seed)?;
+                        let mut noisy: BTreeMap<String, tch::Tensor> = copy(&model);
+                        for (_, t) in noisy.iter_mut().filter(|(k, _)| trainable.contains(*k)) {
+                            *t = &*t + archsearch_train::nn::normal(rng, &t.size(), self.config.noise_std);
                         }
+                        noisy
                     }
                     _ => {
                         let (child, pos) = self.space.mutate(&fitter.arch, rng);
@@ -339,16 +355,21 @@ impl Run<'_> {
                         if let Some(p) = pos {
                             from_donor[p] = true;
                         }
-                        let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
                         // The resampled position takes fresh weights (and statistics).
-                        tensors = mixing::mix(&fresh, &trainable, &model, &fresh, &from_donor, ShrinkPerturb::COPY)?.tensors;
+                        let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
+                        mixing::mix(&fresh, &trainable, &model, &fresh, &from_donor, ShrinkPerturb::COPY)?.tensors
                     }
-                }
-                let _ = fresh;
+                };
             }
             Variant::Pbt => {
                 tensors = model.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect();
-                lr *= if rng.random_bool(0.5) { 0.8 } else { 1.2 };
+                lr = match self.config.explore {
+                    Explore::Perturb => lr * if rng.random_bool(0.5) { 0.8 } else { 1.2 },
+                    Explore::Resample => {
+                        let [lo, hi] = self.config.lr_range;
+                        (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln())).exp()
+                    }
+                };
             }
             Variant::Random => unreachable!("random search has no exploit step"),
         }
@@ -374,7 +395,11 @@ impl Run<'_> {
             .iter()
             .map(|&d| Lineage { parent: if d && v != Variant::Mutation { donor_id } else { fitter.id }, origin: origin_of(d) })
             .collect();
-        let event = if v == Variant::Pbt { "exploit" } else if v == Variant::Mutation { "mutation" } else { event };
+        let event = match v {
+            Variant::Pbt => "exploit",
+            Variant::Mutation => "mutation",
+            _ => "child",
+        };
         Ok(Member { id, arch, lr, seed, fitness: None, error: None, event: event.into(), born_at_step: step, parents, lineage })
     }
 }
