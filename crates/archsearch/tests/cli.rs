@@ -1,21 +1,14 @@
 //! End-to-end tests of the `archsearch` binary: config errors, resume after
 //! SIGKILL, two processes on one study, determinism, `show --json`.
 
+mod common;
+use common::{bin, run_ok, stderr_of};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
 use std::time::Duration;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_archsearch"));
-    c.env("ARCHSEARCH_LOG", "error");
-    c
-}
 
-fn run_ok(args: &[&str]) -> Output {
-    let out = bin().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -23,15 +16,9 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-fn stderr_of(args: &[&str]) -> String {
-    let out = bin().args(args).output().unwrap();
-    assert!(!out.status.success(), "{args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn show_json(db: &Path) -> serde_json::Value {
-    let out = run_ok(&["show", db.to_str().unwrap(), "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&run_ok(&["show", db.to_str().unwrap(), "--json"])).unwrap()
 }
 
 /// `(number, state, arch, value)` of every trial.
@@ -119,8 +106,7 @@ fn table_bench_prints_json_per_strategy() {
         root.join("space.toml").to_str().unwrap(), "--strategies", "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm",
         "--budget", "20", "--seeds", "8", "--search-column", "proxy_acc", "--report-column", "final_acc", "--json",
     ]);
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
     for (l, name) in lines.iter().zip(["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm"]) {
         assert_eq!(l["strategy"], name);
@@ -210,8 +196,7 @@ fn show_lists_trials_and_best() {
     let d = tempfile::tempdir().unwrap();
     let c = nb201_config(d.path(), "show", "random", 12);
     let db = d.path().join("show.db");
-    let out = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     assert!(text.contains("12 trials (12 complete, 0 failed") && text.contains("best: trial"), "{text}");
     let v = show_json(&db);
     let best = v["best"]["value"].as_f64().unwrap();

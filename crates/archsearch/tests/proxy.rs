@@ -1,20 +1,12 @@
 //! `archsearch proxy-check` on NAS-Bench-201 (all cells) and on real
 //! training (a tiny slice of Fashion-MNIST), and its errors.
 
+mod common;
+use common::{bin, run_ok};
+
 use std::path::Path;
-use std::process::Command;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_archsearch"));
-    c.env("ARCHSEARCH_LOG", "error");
-    c
-}
 
-fn run_ok(args: &[&str]) -> String {
-    let out = bin().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn rows(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()

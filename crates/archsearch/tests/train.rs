@@ -2,21 +2,14 @@
 //! package's files, a small slice of them): determinism, resume from a
 //! checkpoint after SIGKILL, NaN losses, and checkpoints PyTorch can read.
 
+mod common;
+use common::{bin, run_ok};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_archsearch"));
-    c.env("ARCHSEARCH_LOG", "error");
-    c
-}
 
-fn run_ok(args: &[&str]) -> String {
-    let out = bin().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn show(db: &Path) -> serde_json::Value {
     let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
