@@ -95,10 +95,7 @@ impl SqliteStorage {
             .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(|e| s.err(e))?;
         // Schema creation can race with another process doing the same.
-        let tx_res = (|| -> rusqlite::Result<()> {
-            s.conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-        })();
-        if let Err(e) = tx_res {
+        if let Err(e) = s.conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;")) {
             let _ = s.conn.execute_batch("ROLLBACK;");
             return Err(s.err(e));
         }

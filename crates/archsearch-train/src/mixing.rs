@@ -147,7 +147,7 @@ pub fn keep_optimizer_state(fitter_state: &BTreeMap<String, Tensor>, child: &BTr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::from_slice(v)
@@ -241,7 +241,6 @@ mod tests {
         ]);
         let kept = keep_optimizer_state(&state, &child);
         assert_eq!(kept.keys().collect::<Vec<_>>(), vec!["optim.pos0.w.exp_avg"]);
-        let _ = Device::Cpu;
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl Optimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     fn minimise(cfg: OptimConfig) -> f64 {
         let p = Tensor::from_slice(&[3.0f32, -2.0]).set_requires_grad(true);
@@ -195,7 +195,6 @@ mod tests {
             let cfg = OptimConfig { optimizer, lr, weight_decay: 1e-4, ..Default::default() };
             assert!(minimise(cfg) < 1e-2, "{optimizer:?}");
         }
-        let _ = Device::Cpu;
     }
 
     #[test]
