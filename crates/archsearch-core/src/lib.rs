@@ -14,5 +14,5 @@ pub mod trial;
 pub mod stats;
 
 pub use space::{Architecture, Decision, HpKind, Hyperparameter, Space, SpaceError, SpaceKind};
-pub use strategy::{Outcome, Rng, Strategy, StrategyError};
+pub use strategy::{Job, Outcome, Rng, Strategy, StrategyError};
 pub use trial::{Direction, TrialState};

@@ -7,6 +7,8 @@
 //! study stores after every ask and tell, so a resumed study continues the
 //! very same search.
 
+use serde::{Deserialize, Serialize};
+
 use crate::space::{Architecture, SpaceError};
 
 /// The random generator every strategy uses: seeded, portable, serialisable.
@@ -45,7 +47,30 @@ pub enum StrategyError {
     Backend(String),
 }
 
+/// A piece of work a strategy asks for: the multi-fidelity form of an ask.
+///
+/// A *budget* is a number of steps of the task's fidelity axis (training
+/// epochs, or the epochs of a table's columns); `None` means the task's full
+/// evaluation. A trial evaluated below the strategy's [`Strategy::max_budget`]
+/// is *paused* after its tell: the strategy may later resume it to a larger
+/// budget, or prune it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Job {
+    /// Start a new trial of `arch`, evaluated up to `budget`.
+    Start { arch: Architecture, budget: Option<u64> },
+    /// Continue the paused trial number `trial` (of `arch`) up to `budget`.
+    Resume { trial: u64, arch: Architecture, budget: u64 },
+    /// Nothing can start until an evaluation in flight is told (a
+    /// synchronous rung waiting for its last trials).
+    Wait,
+}
+
 /// A search strategy with an ask/tell interface.
+///
+/// Plain strategies implement [`Strategy::ask`] and [`Strategy::tell`];
+/// multi-fidelity ones (successive halving, Hyperband, ASHA) implement the
+/// job form ([`Strategy::ask_job`], [`Strategy::tell_job`],
+/// [`Strategy::max_budget`]), which is what the study runner calls.
 pub trait Strategy: Send {
     /// The strategy's name as configs and reports spell it.
     fn name(&self) -> &str;
@@ -53,6 +78,23 @@ pub trait Strategy: Send {
     fn ask(&mut self) -> Result<Architecture, StrategyError>;
     /// Reports the outcome of an architecture this strategy asked for.
     fn tell(&mut self, arch: &Architecture, outcome: Outcome) -> Result<(), StrategyError>;
+    /// The next job, given the number the next new trial will get. The
+    /// default starts a trial of [`Strategy::ask`] at the full budget.
+    fn ask_job(&mut self, _next_trial: u64) -> Result<Job, StrategyError> {
+        Ok(Job::Start { arch: self.ask()?, budget: None })
+    }
+    /// Reports the outcome of trial `trial` evaluated up to `budget`; returns
+    /// the paused trials the strategy prunes now (they will never resume).
+    fn tell_job(&mut self, _trial: u64, arch: &Architecture, _budget: Option<u64>, outcome: Outcome) -> Result<Vec<u64>, StrategyError> {
+        self.tell(arch, outcome)?;
+        Ok(Vec::new())
+    }
+    /// The largest budget this strategy asks for; a trial evaluated to a
+    /// smaller one is paused, not complete. `None`: every trial is evaluated
+    /// in full.
+    fn max_budget(&self) -> Option<u64> {
+        None
+    }
     /// The whole state (random generator included) as bytes.
     fn save_state(&self) -> Result<Vec<u8>, StrategyError>;
     /// Restores a state written by `save_state` of the same strategy and config.

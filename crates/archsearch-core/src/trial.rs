@@ -2,12 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The life cycle of a trial. Only `Running` trials change; the others are
-/// final and immutable.
+/// The life cycle of a trial. `Running` and `Paused` trials change; the
+/// others are final and immutable.
+///
+/// A multi-fidelity strategy *pauses* a trial evaluated below its largest
+/// budget; it later resumes it (`Paused` → `Running`) or prunes it
+/// (`Paused` → `Pruned`, at the step the trial had reached).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TrialState {
     Running,
+    Paused,
     Complete,
     Fail,
     Pruned,
@@ -17,6 +22,7 @@ impl TrialState {
     pub fn as_str(self) -> &'static str {
         match self {
             TrialState::Running => "RUNNING",
+            TrialState::Paused => "PAUSED",
             TrialState::Complete => "COMPLETE",
             TrialState::Fail => "FAIL",
             TrialState::Pruned => "PRUNED",
@@ -25,6 +31,7 @@ impl TrialState {
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "RUNNING" => TrialState::Running,
+            "PAUSED" => TrialState::Paused,
             "COMPLETE" => TrialState::Complete,
             "FAIL" => TrialState::Fail,
             "PRUNED" => TrialState::Pruned,
@@ -32,7 +39,7 @@ impl TrialState {
         })
     }
     pub fn is_finished(self) -> bool {
-        self != TrialState::Running
+        !matches!(self, TrialState::Running | TrialState::Paused)
     }
 }
 

@@ -5,15 +5,22 @@ use std::collections::BTreeMap;
 
 use archsearch_core::{Direction, TrialState};
 
-use crate::{Finish, NewStudy, NewTrial, Storage, StoreError};
+use crate::{Finish, Launch, NewStudy, NewTrial, Storage, StoreError};
 
 fn study(store: &mut dyn Storage, name: &str) -> i64 {
     let new = NewStudy { name: name.into(), config: "seed = 1\n".into(), seed: 1, direction: Direction::Maximize };
     store.open_study(&new).unwrap().0.id
 }
 
-fn trial(arch: &str) -> NewTrial {
-    NewTrial { arch: arch.into(), arch_json: format!("{{\"choices\":[{}]}}", arch.len()), seed: 9 }
+fn trial(arch: &str) -> Launch {
+    Launch::New(NewTrial { arch: arch.into(), arch_json: format!("{{\"choices\":[{}]}}", arch.len()), seed: 9, step: None })
+}
+
+fn at_step(arch: &str, step: u64) -> Launch {
+    match trial(arch) {
+        Launch::New(t) => Launch::New(NewTrial { step: Some(step), ..t }),
+        r => r,
+    }
 }
 
 fn complete(v: f64) -> Finish {
@@ -36,6 +43,54 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
     ask_can_decline(make().as_mut());
     population_steps_are_recorded(make().as_mut());
     attributes_round_trip(make().as_mut());
+    paused_trials_resume_or_are_pruned(make().as_mut());
+}
+
+fn paused(v: f64, cost: f64) -> Finish {
+    Finish { state: TrialState::Paused, cost, ..complete(v) }
+}
+
+fn paused_trials_resume_or_are_pruned(s: &mut dyn Storage) {
+    let id = study(s, "mf");
+    let mut ids = Vec::new();
+    for a in ["a", "b", "c"] {
+        let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![], at_step(a, 1))))).unwrap().unwrap();
+        s.report(st.trial_id, 1, 0.5).unwrap();
+        ids.push(st.trial_id);
+    }
+    for (i, &t) in ids.iter().enumerate() {
+        s.tell(id, t, 0, &paused(i as f64, 1.0), &mut |_| Ok((vec![], vec![]))).unwrap();
+    }
+    let c = s.study("mf").unwrap().counts;
+    assert_eq!((c.started, c.finished, c.cost), (3, 0, 3.0), "paused trials are not finished, their cost counts");
+    assert!(s.trials(id).unwrap().iter().all(|t| t.state == TrialState::Paused && t.step == Some(1) && t.finished_at.is_none()));
+    // A paused trial takes no intermediate values until it is resumed.
+    assert!(s.report(ids[2], 2, 1.0).is_err());
+    // Resume trial 2 to step 3: same trial, RUNNING again; trial 0 is pruned at its tell.
+    let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((b"r".to_vec(), Launch::Resume { number: 2, step: 3 })))).unwrap().unwrap();
+    assert_eq!((st.trial_id, st.number), (ids[2], 2));
+    assert_eq!(s.study("mf").unwrap().counts.started, 3, "a resume starts no new trial");
+    s.report(st.trial_id, 3, 0.9).unwrap();
+    s.tell(id, st.trial_id, 0, &Finish { cost: 3.0, ..complete(0.9) }, &mut |_| Ok((b"t".to_vec(), vec![0]))).unwrap();
+    let t = s.trials(id).unwrap();
+    assert_eq!((t[0].state, t[0].step, t[0].value), (TrialState::Pruned, Some(1), Some(0.0)));
+    assert_eq!((t[2].state, t[2].step, t[2].value, t[2].cost), (TrialState::Complete, Some(3), Some(0.9), 4.0));
+    assert_eq!(t[2].intermediate, vec![(1, 0.5), (3, 0.9)]);
+    // Only paused trials can be resumed or pruned, and a refused prune changes nothing.
+    let e = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![], Launch::Resume { number: 0, step: 3 })))).unwrap_err();
+    assert!(matches!(e, StoreError::NotPaused(0, _)), "{e}");
+    let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![], at_step("d", 1))))).unwrap().unwrap();
+    let e = s.tell(id, st.trial_id, 0, &paused(1.0, 1.0), &mut |_| Ok((vec![], vec![2]))).unwrap_err();
+    assert!(matches!(e, StoreError::NotPaused(2, _)), "{e}");
+    assert_eq!(s.trials(id).unwrap()[3].state, TrialState::Running);
+    // The end of the search prunes what is still paused, at its step.
+    s.tell(id, st.trial_id, 0, &paused(1.0, 1.0), &mut |_| Ok((vec![], vec![]))).unwrap();
+    assert_eq!(s.prune_paused(id).unwrap(), 2);
+    let t = s.trials(id).unwrap();
+    assert!(t.iter().all(|t| t.state.is_finished()));
+    assert_eq!((t[1].state, t[1].step), (TrialState::Pruned, Some(1)));
+    let c = s.study("mf").unwrap().counts;
+    assert_eq!((c.started, c.finished, c.cost), (4, 4, 7.0));
 }
 
 fn attributes_round_trip(s: &mut dyn Storage) {
@@ -89,7 +144,7 @@ fn ask_and_tell_record_trials_and_state(s: &mut dyn Storage) {
     s.report(started.trial_id, 1, 0.25).unwrap();
     let v = s.tell(id, started.trial_id, started.state_version, &complete(0.75), &mut |state| {
         assert!(state.is_none(), "nobody else wrote");
-        Ok(b"state-2".to_vec())
+        Ok((b"state-2".to_vec(), vec![]))
     });
     let v = v.unwrap();
     assert_eq!(s.strategy_state(id).unwrap(), Some((v, b"state-2".to_vec())));
@@ -105,7 +160,7 @@ fn ask_and_tell_record_trials_and_state(s: &mut dyn Storage) {
     // Failures carry their reason.
     let st = s.ask(id, v, "me", &mut |_, _| Ok(Some((b"s3".to_vec(), trial("x"))))).unwrap().unwrap();
     let fail = Finish { state: TrialState::Fail, value: None, metrics: BTreeMap::new(), cost: 0.0, error: Some("NaN loss".into()) };
-    s.tell(id, st.trial_id, st.state_version, &fail, &mut |_| Ok(b"s4".to_vec())).unwrap();
+    s.tell(id, st.trial_id, st.state_version, &fail, &mut |_| Ok((b"s4".to_vec(), vec![]))).unwrap();
     let t = &s.trials(id).unwrap()[1];
     assert_eq!((t.state, t.error.as_deref(), t.number), (TrialState::Fail, Some("NaN loss"), 1));
 }
@@ -113,8 +168,8 @@ fn ask_and_tell_record_trials_and_state(s: &mut dyn Storage) {
 fn finished_trials_are_immutable(s: &mut dyn Storage) {
     let id = study(s, "s");
     let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![1], trial("a"))))).unwrap().unwrap();
-    let v = s.tell(id, st.trial_id, st.state_version, &complete(1.0), &mut |_| Ok(vec![2])).unwrap();
-    let again = s.tell(id, st.trial_id, v, &complete(2.0), &mut |_| Ok(vec![3]));
+    let v = s.tell(id, st.trial_id, st.state_version, &complete(1.0), &mut |_| Ok((vec![2], vec![]))).unwrap();
+    let again = s.tell(id, st.trial_id, v, &complete(2.0), &mut |_| Ok((vec![3], vec![])));
     assert!(matches!(again, Err(StoreError::Finished(_))), "{again:?}");
     assert!(matches!(s.report(st.trial_id, 5, 1.0), Err(StoreError::Finished(_))));
     assert_eq!(s.trials(id).unwrap()[0].value, Some(1.0));
@@ -136,7 +191,7 @@ fn stale_state_is_handed_back(s: &mut dyn Storage) {
     let mut seen = None;
     s.tell(id, st.trial_id, st.state_version, &complete(1.0), &mut |state| {
         seen = state.map(|s| s.to_vec());
-        Ok(b"C".to_vec())
+        Ok((b"C".to_vec(), vec![]))
     })
     .unwrap();
     assert_eq!(seen.as_deref(), Some(&b"B"[..]));

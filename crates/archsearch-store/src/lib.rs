@@ -33,6 +33,8 @@ pub enum StoreError {
     NoTrial(i64),
     #[error("trial {0} is already finished; finished trials are immutable")]
     Finished(i64),
+    #[error("trial {0} is not paused, so it cannot be {1}")]
+    NotPaused(u64, &'static str),
     #[error("unsupported storage URL `{0}` (use a path or sqlite://PATH)")]
     Url(String),
     #[error("{0}")]
@@ -90,9 +92,22 @@ pub struct NewTrial {
     pub arch_json: String,
     /// Seed the evaluation of this trial uses.
     pub seed: u64,
+    /// The budget (step, e.g. epoch) the trial is evaluated up to; `None`:
+    /// the task's full evaluation.
+    pub step: Option<u64>,
 }
 
-/// How a trial ended.
+/// What an ask starts: a new trial, or a paused one again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    New(NewTrial),
+    /// Resume the PAUSED trial `number` up to budget `step`.
+    Resume { number: u64, step: u64 },
+}
+
+/// How a trial's evaluation ended: COMPLETE, FAIL, or PAUSED (evaluated to a
+/// budget below the strategy's largest; it may be resumed or pruned later).
+/// `cost` is the cost of this evaluation, added to the trial's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finish {
     pub state: TrialState,
@@ -119,6 +134,9 @@ pub struct TrialRecord {
     pub finished_at: Option<f64>,
     pub owner: String,
     pub attempts: u32,
+    /// The budget (step) the trial runs to, or reached: for a PRUNED trial,
+    /// the step at which it stopped. `None`: the task's full evaluation.
+    pub step: Option<u64>,
     /// Intermediate values as `(step, value)`, by step.
     pub intermediate: Vec<(u64, f64)>,
 }
@@ -142,11 +160,13 @@ pub struct Started {
 
 /// The callback of [`Storage::ask`]: given the stored strategy state if it
 /// changed since `known_version`, and the study's counts, returns the new
-/// strategy state and the trial to start, or `None` to start nothing.
-pub type AskFn<'a> = dyn FnMut(Option<&[u8]>, &Counts) -> std::result::Result<Option<(Vec<u8>, NewTrial)>, CallbackError> + 'a;
+/// strategy state and the trial to start (or resume), or `None` to start
+/// nothing.
+pub type AskFn<'a> = dyn FnMut(Option<&[u8]>, &Counts) -> std::result::Result<Option<(Vec<u8>, Launch)>, CallbackError> + 'a;
 /// The callback of [`Storage::tell`]: given the stored strategy state if it
-/// changed since `known_version`, returns the new strategy state.
-pub type TellFn<'a> = dyn FnMut(Option<&[u8]>) -> std::result::Result<Vec<u8>, CallbackError> + 'a;
+/// changed since `known_version`, returns the new strategy state and the
+/// numbers of PAUSED trials to prune.
+pub type TellFn<'a> = dyn FnMut(Option<&[u8]>) -> std::result::Result<(Vec<u8>, Vec<u64>), CallbackError> + 'a;
 
 /// A study store. One conformance suite ([`conformance`]) runs against every
 /// backend.
@@ -159,11 +179,17 @@ pub trait Storage: Send {
     /// All studies in the store.
     fn studies(&self) -> Result<Vec<StudyRecord>>;
     /// In one transaction: runs `f` and, if it returns a trial, starts it
-    /// (RUNNING, owned by `owner`) and stores the new strategy state.
+    /// (RUNNING, owned by `owner`; a resumed trial must be PAUSED) and stores
+    /// the new strategy state.
     fn ask(&mut self, study: i64, known_version: u64, owner: &str, f: &mut AskFn<'_>) -> Result<Option<Started>>;
-    /// In one transaction: finishes a RUNNING trial and stores the strategy
-    /// state `f` returns. Returns the new state version.
+    /// In one transaction: finishes (or pauses) a RUNNING trial, adds the
+    /// evaluation's cost, prunes the PAUSED trials `f` names (each keeps its
+    /// step and last value) and stores the strategy state `f` returns.
+    /// Returns the new state version.
     fn tell(&mut self, study: i64, trial: i64, known_version: u64, finish: &Finish, f: &mut TellFn<'_>) -> Result<u64>;
+    /// Prunes every PAUSED trial of the study (the end of a multi-fidelity
+    /// search); returns how many.
+    fn prune_paused(&mut self, study: i64) -> Result<u64>;
     /// Records an intermediate value of a RUNNING trial (and its heartbeat).
     fn report(&mut self, trial: i64, step: u64, value: f64) -> Result<()>;
     /// Every trial of the study, by number.

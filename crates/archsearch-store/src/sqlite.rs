@@ -9,9 +9,47 @@ use archsearch_core::{Direction, TrialState};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    now, owner_alive, AskFn, Counts, Finish, NewStudy, Result, Started, Storage, StoreError, StudyRecord, TellFn,
+    now, owner_alive, AskFn, Launch, Counts, Finish, NewStudy, Result, Started, Storage, StoreError, StudyRecord, TellFn,
     TrialRecord,
 };
+
+/// The schema tag of this version; `archsearch-1` stores are migrated.
+const SCHEMA_TAG: &str = "archsearch-2";
+
+/// `archsearch-1` → `archsearch-2`: trials gain the PAUSED state and the
+/// `step` column. SQLite cannot alter a CHECK constraint, so the table is
+/// rebuilt (the documented procedure: new table, copy, drop, rename), with
+/// foreign keys off and in one transaction.
+const MIGRATE_1_TO_2: &str = r#"
+DROP TRIGGER IF EXISTS finished_trials_are_immutable;
+DROP TRIGGER IF EXISTS finished_trials_take_no_values;
+DROP INDEX IF EXISTS trials_running;
+CREATE TABLE trials_v2 (
+    id INTEGER PRIMARY KEY,
+    study_id INTEGER NOT NULL REFERENCES studies(id),
+    number INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('RUNNING', 'PAUSED', 'COMPLETE', 'FAIL', 'PRUNED')),
+    arch TEXT NOT NULL,
+    arch_json TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    value REAL,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    cost REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    owner TEXT NOT NULL,
+    heartbeat REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    step INTEGER,
+    UNIQUE (study_id, number)
+);
+INSERT INTO trials_v2 (id, study_id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, heartbeat, attempts)
+    SELECT id, study_id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, heartbeat, attempts FROM trials;
+DROP TABLE trials;
+ALTER TABLE trials_v2 RENAME TO trials;
+UPDATE meta SET value = 'archsearch-2' WHERE key = 'schema';
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,7 +71,7 @@ CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY,
     study_id INTEGER NOT NULL REFERENCES studies(id),
     number INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('RUNNING', 'COMPLETE', 'FAIL', 'PRUNED')),
+    state TEXT NOT NULL CHECK (state IN ('RUNNING', 'PAUSED', 'COMPLETE', 'FAIL', 'PRUNED')),
     arch TEXT NOT NULL,
     arch_json TEXT NOT NULL,
     seed INTEGER NOT NULL,
@@ -46,9 +84,11 @@ CREATE TABLE IF NOT EXISTS trials (
     owner TEXT NOT NULL,
     heartbeat REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 1,
+    step INTEGER,
     UNIQUE (study_id, number)
 );
 CREATE INDEX IF NOT EXISTS trials_running ON trials (study_id) WHERE state = 'RUNNING';
+CREATE INDEX IF NOT EXISTS trials_paused ON trials (study_id) WHERE state = 'PAUSED';
 CREATE TABLE IF NOT EXISTS trial_values (
     trial_id INTEGER NOT NULL REFERENCES trials(id),
     step INTEGER NOT NULL,
@@ -69,7 +109,7 @@ CREATE TABLE IF NOT EXISTS study_attrs (
     PRIMARY KEY (study_id, key)
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS finished_trials_are_immutable
-BEFORE UPDATE ON trials WHEN OLD.state <> 'RUNNING'
+BEFORE UPDATE ON trials WHEN OLD.state NOT IN ('RUNNING', 'PAUSED')
 BEGIN SELECT RAISE(ABORT, 'finished trials are immutable'); END;
 CREATE TRIGGER IF NOT EXISTS finished_trials_take_no_values
 BEFORE INSERT ON trial_values WHEN (SELECT state FROM trials WHERE id = NEW.trial_id) <> 'RUNNING'
@@ -92,28 +132,44 @@ impl SqliteStorage {
         // WAL lets readers run beside a writer; NORMAL sync is durable across
         // process crashes (the case we promise) and fast.
         s.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
             .map_err(|e| s.err(e))?;
-        // Schema creation can race with another process doing the same.
-        if let Err(e) = s.conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;")) {
+        // Schema creation (and migration) can race with another process
+        // doing the same: both happen inside one immediate transaction.
+        if let Err(e) = s.create_or_migrate() {
             let _ = s.conn.execute_batch("ROLLBACK;");
-            return Err(s.err(e));
-        }
-        let magic: Option<String> = s
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0))
-            .optional()
-            .map_err(|e| s.err(e))?;
-        match magic.as_deref() {
-            None => {
-                s.conn
-                    .execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', 'archsearch-1')", [])
-                    .map_err(|e| s.err(e))?;
-            }
-            Some("archsearch-1") => {}
-            Some(other) => return Err(StoreError::Corrupt(format!("{path}: unknown schema `{other}`"))),
+            return Err(match e {
+                StoreError::Sqlite { source, .. } => s.err(source),
+                other => other,
+            });
         }
         Ok(s)
+    }
+
+    fn create_or_migrate(&self) -> Result<()> {
+        let err = |e| self.err(e);
+        // Foreign keys are off while a migration rebuilds the referenced
+        // table (the pragma is a no-op inside a transaction, so it is set
+        // around it), and on for everything else.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+            .map_err(err)?;
+        let tag: Option<String> =
+            self.conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).optional().map_err(err)?;
+        match tag.as_deref() {
+            None => {
+                self.conn.execute_batch(SCHEMA).map_err(err)?;
+                self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_TAG]).map_err(err)?;
+            }
+            Some("archsearch-1") => {
+                tracing::info!(store = %self.path, "migrating the study store from schema archsearch-1 to archsearch-2");
+                self.conn.execute_batch(MIGRATE_1_TO_2).map_err(err)?;
+                self.conn.execute_batch(SCHEMA).map_err(err)?;
+            }
+            Some(t) if t == SCHEMA_TAG => self.conn.execute_batch(SCHEMA).map_err(err)?,
+            Some(other) => return Err(StoreError::Corrupt(format!("{}: unknown schema `{other}` (a newer archsearch?)", self.path))),
+        }
+        self.conn.execute_batch("COMMIT; PRAGMA foreign_keys = ON;").map_err(err)
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
@@ -143,7 +199,7 @@ fn row_to_study(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRecord> {
     })
 }
 
-const TRIAL_COLUMNS: &str = "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts";
+const TRIAL_COLUMNS: &str = "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step";
 
 fn row_to_trial(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let state: String = r.get(2)?;
@@ -163,6 +219,7 @@ fn row_to_trial(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
         finished_at: r.get(11)?,
         owner: r.get(12)?,
         attempts: r.get::<_, i64>(13)? as u32,
+        step: r.get::<_, Option<i64>>(14)?.map(|s| s as u64),
         intermediate: Vec::new(),
     })
 }
@@ -226,24 +283,40 @@ impl Storage for SqliteStorage {
                 Ok(Counts { started: r.get::<_, i64>(0)? as u64, finished: r.get::<_, i64>(1)? as u64, cost: r.get(2)? })
             })
             .map_err(err)?;
-        let Some((new_state, trial)) = f(state.as_deref(), &counts).map_err(StoreError::Callback)? else {
+        let Some((new_state, launch)) = f(state.as_deref(), &counts).map_err(StoreError::Callback)? else {
             return Ok(None);
         };
         let t = now();
+        let (trial_id, number, new_trials) = match launch {
+            Launch::New(trial) => {
+                tx.execute(
+                    "INSERT INTO trials (study_id, number, state, arch, arch_json, seed, started_at, owner, heartbeat, step)
+                     VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
+                    params![study, counts.started as i64, trial.arch, trial.arch_json, trial.seed as i64, t, owner, trial.step.map(|s| s as i64)],
+                )
+                .map_err(err)?;
+                (tx.last_insert_rowid(), counts.started, 1)
+            }
+            Launch::Resume { number, step } => {
+                let id: Option<i64> = tx
+                    .query_row(
+                        "UPDATE trials SET state = 'RUNNING', owner = ?3, heartbeat = ?4, step = ?5
+                         WHERE study_id = ?1 AND number = ?2 AND state = 'PAUSED' RETURNING id",
+                        params![study, number as i64, owner, t, step as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(err)?;
+                (id.ok_or(StoreError::NotPaused(number, "resumed"))?, number, 0)
+            }
+        };
         tx.execute(
-            "INSERT INTO trials (study_id, number, state, arch, arch_json, seed, started_at, owner, heartbeat)
-             VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?5, ?6, ?7, ?6)",
-            params![study, counts.started as i64, trial.arch, trial.arch_json, trial.seed as i64, t, owner],
-        )
-        .map_err(err)?;
-        let trial_id = tx.last_insert_rowid();
-        tx.execute(
-            "UPDATE studies SET n_started = n_started + 1, strategy_state = ?2, state_version = ?3 WHERE id = ?1",
-            params![study, new_state, (version + 1) as i64],
+            "UPDATE studies SET n_started = n_started + ?4, strategy_state = ?2, state_version = ?3 WHERE id = ?1",
+            params![study, new_state, (version + 1) as i64, new_trials],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Some(Started { trial_id, number: counts.started, state_version: version + 1 }))
+        Ok(Some(Started { trial_id, number, state_version: version + 1 }))
     }
 
     fn tell(&mut self, study: i64, trial: i64, known_version: u64, finish: &Finish, f: &mut TellFn<'_>) -> Result<u64> {
@@ -258,23 +331,49 @@ impl Storage for SqliteStorage {
             Some(_) => return Err(StoreError::Finished(trial)),
         }
         let (version, stored) = changed_state(&tx, study, known_version).map_err(err)?;
-        let new_state = f(stored.as_deref()).map_err(StoreError::Callback)?;
+        let (new_state, prune) = f(stored.as_deref()).map_err(StoreError::Callback)?;
         let metrics = serde_json::to_string(&finish.metrics).expect("metrics serialise");
         // SQLite stores NaN as NULL; keep the value only when finite.
         let value = finish.value.filter(|v| v.is_finite());
+        let t = now();
+        let paused = finish.state == TrialState::Paused;
         tx.execute(
-            "UPDATE trials SET state = ?2, value = ?3, metrics = ?4, cost = ?5, error = ?6, finished_at = ?7 WHERE id = ?1",
-            params![trial, finish.state.as_str(), value, metrics, finish.cost, finish.error, now()],
+            "UPDATE trials SET state = ?2, value = ?3, metrics = ?4, cost = cost + ?5, error = ?6, finished_at = ?7 WHERE id = ?1",
+            params![trial, finish.state.as_str(), value, metrics, finish.cost, finish.error, (!paused).then_some(t)],
         )
         .map_err(err)?;
+        for &number in &prune {
+            let n = tx
+                .execute(
+                    "UPDATE trials SET state = 'PRUNED', finished_at = ?3 WHERE study_id = ?1 AND number = ?2 AND state = 'PAUSED'",
+                    params![study, number as i64, t],
+                )
+                .map_err(err)?;
+            if n != 1 {
+                return Err(StoreError::NotPaused(number, "pruned"));
+            }
+        }
+        let finished = prune.len() as i64 + i64::from(!paused);
         tx.execute(
-            "UPDATE studies SET n_finished = n_finished + 1, total_cost = total_cost + ?2, strategy_state = ?3, state_version = ?4
+            "UPDATE studies SET n_finished = n_finished + ?5, total_cost = total_cost + ?2, strategy_state = ?3, state_version = ?4
              WHERE id = ?1",
-            params![study, finish.cost, new_state, (version + 1) as i64],
+            params![study, finish.cost, new_state, (version + 1) as i64, finished],
         )
         .map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(version + 1)
+    }
+
+    fn prune_paused(&mut self, study: i64) -> Result<u64> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        let n = tx
+            .execute("UPDATE trials SET state = 'PRUNED', finished_at = ?2 WHERE study_id = ?1 AND state = 'PAUSED'", params![study, now()])
+            .map_err(err)?;
+        tx.execute("UPDATE studies SET n_finished = n_finished + ?2 WHERE id = ?1", params![study, n as i64]).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(n as u64)
     }
 
     fn report(&mut self, trial: i64, step: u64, value: f64) -> Result<()> {
@@ -406,7 +505,7 @@ impl Storage for SqliteStorage {
                 .map_err(err)?;
             let t = now();
             let rows = stmt
-                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(14)?)))
+                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(15)?)))
                 .map_err(err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(err)?;
@@ -439,6 +538,53 @@ mod tests {
             let p = dir.path().join(format!("s{n}.db"));
             Box::new(super::SqliteStorage::open(p.to_str().unwrap()).unwrap())
         });
+    }
+
+    /// A store written by archsearch 0.1 (schema `archsearch-1`) opens, keeps
+    /// every trial and value, and takes paused trials afterwards.
+    #[test]
+    fn archsearch_1_stores_are_migrated() {
+        use crate::Storage;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.db");
+        let path = p.to_str().unwrap();
+        {
+            let c = rusqlite::Connection::open(path).unwrap();
+            let v1 = super::SCHEMA
+                .replace("'RUNNING', 'PAUSED', 'COMPLETE'", "'RUNNING', 'COMPLETE'")
+                .replace("    step INTEGER,\n", "")
+                .replace("NOT IN ('RUNNING', 'PAUSED')", "<> 'RUNNING'")
+                .replace("CREATE INDEX IF NOT EXISTS trials_paused ON trials (study_id) WHERE state = 'PAUSED';", "");
+            assert!(!v1.contains("PAUSED") && !v1.contains("step INTEGER,"));
+            c.execute_batch(&v1).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema', 'archsearch-1');
+                 INSERT INTO studies (id, name, config, seed, direction, version, created_at, n_started, n_finished, total_cost)
+                     VALUES (1, 'old', 'x = 1', 3, 'maximize', '0.1.0', 0, 1, 1, 2.5);
+                 INSERT INTO trials (id, study_id, number, state, arch, arch_json, seed, value, cost, started_at, finished_at, owner, heartbeat)
+                     VALUES (7, 1, 0, 'RUNNING', 'a', '{}', 9, 0.75, 2.5, 0, 1, 'h:1:1', 1);
+                 INSERT INTO trial_values VALUES (7, 1, 0.5);
+                 UPDATE trials SET state = 'COMPLETE' WHERE id = 7;",
+            )
+            .unwrap();
+        }
+        let mut s = super::SqliteStorage::open(path).unwrap();
+        let rec = s.study("old").unwrap();
+        let t = s.trials(rec.id).unwrap();
+        assert_eq!((t.len(), t[0].value, t[0].step, t[0].intermediate.clone()), (1, Some(0.75), None, vec![(1, 0.5)]));
+        assert_eq!(rec.counts.cost, 2.5);
+        let tag: String = s.conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).unwrap();
+        assert_eq!(tag, "archsearch-2");
+        // Finished trials stay immutable; new trials can pause.
+        assert!(s.conn.execute("UPDATE trials SET value = 1 WHERE id = 7", []).is_err());
+        let launch = crate::Launch::New(crate::NewTrial { arch: "b".into(), arch_json: "{}".into(), seed: 1, step: Some(1) });
+        let st = s.ask(rec.id, 0, "me", &mut |_, _| Ok(Some((vec![], launch.clone())))).unwrap().unwrap();
+        let f = crate::Finish { state: archsearch_core::TrialState::Paused, value: Some(0.1), metrics: Default::default(), cost: 1.0, error: None };
+        s.tell(rec.id, st.trial_id, 0, &f, &mut |_| Ok((vec![], vec![]))).unwrap();
+        assert_eq!(s.trials(rec.id).unwrap()[1].state, archsearch_core::TrialState::Paused);
+        // Opening again is a no-op.
+        drop(s);
+        assert_eq!(super::SqliteStorage::open(path).unwrap().trials(rec.id).unwrap().len(), 2);
     }
 
     #[test]

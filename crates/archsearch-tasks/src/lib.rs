@@ -57,12 +57,17 @@ pub struct TrialContext<'a> {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// Where intermediate values go.
     pub reporter: &'a mut dyn Reporter,
+    /// The budget (steps of the task's fidelity axis, e.g. epochs) to
+    /// evaluate up to; `None`: the task's full evaluation. A task that can
+    /// resume (from the checkpoint folder) continues from where an earlier,
+    /// smaller budget stopped and charges only the new part.
+    pub budget: Option<u64>,
 }
 
 impl<'a> TrialContext<'a> {
     /// A context that checkpoints nothing and drops intermediate values.
     pub fn detached(number: u64, seed: u64, reporter: &'a mut dyn Reporter) -> Self {
-        TrialContext { number, seed, checkpoint_dir: None, reporter }
+        TrialContext { number, seed, checkpoint_dir: None, reporter, budget: None }
     }
 }
 
@@ -72,6 +77,11 @@ pub trait Task: Send + Sync {
     fn space(&self) -> &Space;
     /// The name of the objective (e.g. a column or `val_accuracy`).
     fn objective(&self) -> &str;
+    /// Whether the task can evaluate up to `budget` steps (see
+    /// [`TrialContext::budget`]); the error says which budgets it has.
+    fn check_budget(&self, _budget: u64) -> Result<(), TaskError> {
+        Err(TaskError::Invalid("this task has no fidelity axis: it evaluates every architecture in full".into()))
+    }
     /// Evaluates one architecture.
     fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError>;
 }

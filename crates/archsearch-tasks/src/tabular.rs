@@ -6,8 +6,15 @@
 //! column holds, for a declared space, either the space's canonical string or
 //! the option index of each position (`0,2,1` or `021`).
 //!
-//! A query may carry a simulated cost (`cost_per_query` seconds, or a cost
-//! column), so budgets can be counted in queries or in simulated seconds.
+//! A query may carry a simulated cost (`cost_per_query` seconds, a cost
+//! column, and `cost_per_step` per step of budget), so budgets can be
+//! counted in queries or in simulated seconds.
+//!
+//! A table may also have a fidelity axis: columns measured at increasing
+//! budgets (NAS-Bench-201: validation accuracy after 12 and after 200
+//! epochs). A multi-fidelity strategy asks for one of those budgets and is
+//! charged `cost_per_step × budget`: a table cannot resume a run, so a trial
+//! promoted from 12 to 200 epochs pays for the 200-epoch run in full.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,6 +36,31 @@ pub struct TableQuery {
     pub cost_per_query: f64,
     /// Optional column of simulated seconds per architecture (added to `cost_per_query`).
     pub cost_column: Option<String>,
+    /// Simulated seconds per step of budget (epoch), charged for the
+    /// budget of the evaluated column.
+    pub cost_per_step: f64,
+    /// The fidelity axis: `(budget, column)` pairs.
+    pub fidelities: Vec<(u64, String)>,
+}
+
+impl TableQuery {
+    /// A query of `search` reporting `report`, with no cost and no fidelities.
+    pub fn new(search: &str, report: &str) -> Self {
+        TableQuery {
+            search_column: search.into(),
+            report_column: report.into(),
+            cost_per_query: 0.0,
+            cost_column: None,
+            cost_per_step: 0.0,
+            fidelities: Vec::new(),
+        }
+    }
+}
+
+/// NAS-Bench-201's fidelity axis on the CIFAR-10-valid split: validation
+/// accuracy after 12 and after 200 epochs.
+pub fn nb201_fidelities() -> Vec<(u64, String)> {
+    vec![(12, "c10valid_valid12".into()), (200, "c10valid_valid200".into())]
 }
 
 /// A task backed by a table with one row per architecture.
@@ -43,6 +75,10 @@ pub struct TableTask {
     report: usize,
     cost: Option<usize>,
     cost_per_query: f64,
+    /// `(budget, column index)` of the fidelity axis, by budget.
+    fidelities: Vec<(u64, usize)>,
+    /// The budget of the search column, if it is on the fidelity axis.
+    search_budget: Option<u64>,
     query: TableQuery,
 }
 
@@ -86,6 +122,12 @@ impl TableTask {
         let search = col(&query.search_column, "search")?;
         let report = col(&query.report_column, "report")?;
         let cost = query.cost_column.as_deref().map(|c| col(c, "cost")).transpose()?;
+        let mut fidelities = query.fidelities.iter().map(|(b, c)| Ok((*b, col(c, "fidelity")?))).collect::<Result<Vec<_>, TaskError>>()?;
+        fidelities.sort_unstable();
+        if fidelities.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(data_err("two fidelity columns have the same budget".into()));
+        }
+        let search_budget = fidelities.iter().find(|(_, c)| *c == search).map(|(b, _)| *b);
         let mut rows = HashMap::new();
         let mut values = Vec::new();
         for (i, record) in rdr.records().enumerate() {
@@ -107,7 +149,7 @@ impl TableTask {
         if rows.is_empty() {
             return Err(data_err("the table has no rows".into()));
         }
-        Ok(TableTask { space, radix, rows, columns, values, search, report, cost, cost_per_query: query.cost_per_query, query })
+        Ok(TableTask { space, radix, rows, columns, values, search, report, cost, cost_per_query: query.cost_per_query, fidelities, search_budget, query })
     }
 
     /// Number of architectures in the table.
@@ -140,6 +182,33 @@ impl TableTask {
         self.row(arch).map(|r| (r[self.search], r[self.report]))
     }
 
+    /// The column and cost of an evaluation up to `budget` (`None`: the search column).
+    fn column_at(&self, budget: Option<u64>) -> Result<(usize, f64), TaskError> {
+        let (column, steps) = match budget {
+            None => (self.search, self.search_budget),
+            Some(b) => match self.fidelities.iter().find(|(fb, _)| *fb == b) {
+                Some(&(_, c)) => (c, Some(b)),
+                None => return Err(self.no_budget(b)),
+            },
+        };
+        Ok((column, self.cost_per_query + self.query.cost_per_step * steps.unwrap_or(0) as f64))
+    }
+
+    fn no_budget(&self, b: u64) -> TaskError {
+        if self.fidelities.is_empty() {
+            return TaskError::Invalid(format!("budget {b}: this table has no fidelity axis (set `fidelities`)"));
+        }
+        let have: Vec<String> = self.fidelities.iter().map(|(b, c)| format!("{b} (`{}`)", self.columns[*c])).collect();
+        TaskError::Invalid(format!("budget {b} is not a fidelity of this table (it has {})", have.join(", ")))
+    }
+
+    /// `(value, report value, cost)` of `arch` evaluated up to `budget`
+    /// (`None`: the search column): the fast path of replays.
+    pub fn value_at(&self, arch: &Architecture, budget: Option<u64>) -> Result<Option<(f64, f64, f64)>, TaskError> {
+        let (column, cost) = self.column_at(budget)?;
+        Ok(self.row(arch).map(|r| (r[column], r[self.report], cost + self.cost.map_or(0.0, |c| r[c]))))
+    }
+
     /// Every architecture of the table with its row, in table order.
     pub fn column_values(&self, column: &str) -> Option<Vec<f64>> {
         let c = self.columns.iter().position(|h| h == column)?;
@@ -161,17 +230,24 @@ impl Task for TableTask {
     fn objective(&self) -> &str {
         &self.query.search_column
     }
-    fn evaluate(&self, arch: &Architecture, _ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
+    fn check_budget(&self, budget: u64) -> Result<(), TaskError> {
+        self.column_at(Some(budget)).map(|_| ())
+    }
+    fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
         self.space.validate(arch).map_err(|e| TaskError::Invalid(e.to_string()))?;
+        let (column, cost) = self.column_at(ctx.budget)?;
         let row = self.row(arch).ok_or_else(|| TaskError::NotInTable(self.space.canonical(arch)))?;
-        let value = row[self.search];
+        let value = row[column];
         if !value.is_finite() {
-            return Err(TaskError::Failed(format!("`{}` is {value} for this architecture", self.query.search_column)));
+            return Err(TaskError::Failed(format!("`{}` is {value} for this architecture", self.columns[column])));
+        }
+        if let Some(b) = ctx.budget {
+            ctx.reporter.report(b, value);
         }
         let mut metrics = BTreeMap::new();
-        metrics.insert(self.columns[self.search].clone(), value);
+        metrics.insert(self.columns[column].clone(), value);
         metrics.insert(self.columns[self.report].clone(), row[self.report]);
-        let cost = self.cost_per_query + self.cost.map_or(0.0, |c| row[c]);
+        let cost = cost + self.cost.map_or(0.0, |c| row[c]);
         Ok(Evaluation { value, metrics, cost })
     }
 }
@@ -182,7 +258,32 @@ mod tests {
     use archsearch_core::space::SpaceSpec;
 
     fn q(search: &str, report: &str) -> TableQuery {
-        TableQuery { search_column: search.into(), report_column: report.into(), cost_per_query: 0.0, cost_column: None }
+        TableQuery::new(search, report)
+    }
+
+    #[test]
+    fn fidelities_pick_the_column_of_the_budget_and_charge_per_step() {
+        let query = TableQuery { cost_per_step: 1.0, fidelities: nb201_fidelities(), ..q("c10valid_valid200", "c10_test200") };
+        let t = TableTask::nb201(query).unwrap();
+        let arch = Architecture::new(vec![3, 3, 1, 0, 2, 4]);
+        let at12 = t.value_at(&arch, Some(12)).unwrap().unwrap();
+        assert_eq!((at12.0, at12.2), (t.lookup(&arch, "c10valid_valid12").unwrap(), 12.0));
+        let full = t.value_at(&arch, None).unwrap().unwrap();
+        assert_eq!((full.0, full.2), (t.lookup(&arch, "c10valid_valid200").unwrap(), 200.0));
+        let e = t.check_budget(36).unwrap_err().to_string();
+        assert!(e.contains("budget 36") && e.contains("12 (`c10valid_valid12`)"), "{e}");
+        let mut values = Vec::new();
+        struct Keep<'a>(&'a mut Vec<(u64, f64)>);
+        impl crate::Reporter for Keep<'_> {
+            fn report(&mut self, step: u64, value: f64) {
+                self.0.push((step, value));
+            }
+        }
+        let mut keep = Keep(&mut values);
+        let mut ctx = TrialContext { budget: Some(12), ..TrialContext::detached(0, 0, &mut keep) };
+        let ev = t.evaluate(&arch, &mut ctx).unwrap();
+        assert_eq!((ev.value, ev.cost), (at12.0, 12.0));
+        assert_eq!(values, vec![(12, at12.0)]);
     }
 
     #[test]

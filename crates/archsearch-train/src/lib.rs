@@ -288,12 +288,32 @@ impl Task for TrainTask {
         "valid_accuracy"
     }
 
+    /// The fidelity axis is the epochs of the search fidelity: a budget of
+    /// `b` trains the first `b` epochs of its learning-rate schedule, so a
+    /// trial resumed (from its checkpoint) to a larger budget continues as
+    /// if it had never stopped.
+    fn check_budget(&self, budget: u64) -> Result<(), TaskError> {
+        if budget == 0 || budget > self.fidelity.epochs as u64 {
+            return Err(TaskError::Invalid(format!(
+                "budget {budget}: a training task's budgets are epochs 1..={} (`[task.proxy] epochs`)",
+                self.fidelity.epochs
+            )));
+        }
+        Ok(())
+    }
+
     fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
         tch::set_num_threads(self.config.threads);
         let fail = |e: TrainError| TaskError::Failed(e.to_string());
         let model = self.build(arch, ctx.seed).map_err(fail)?;
+        let mut spec = self.run_spec();
+        if let Some(b) = ctx.budget {
+            self.check_budget(b)?;
+            spec.epochs = b as usize;
+            spec.schedule_epochs = Some(self.fidelity.epochs);
+        }
         let reporter = &mut *ctx.reporter;
-        let result = trainer::train(&model, &self.data, &self.run_spec(), ctx.seed, ctx.checkpoint_dir.as_deref(), &mut |epoch, acc| {
+        let result = trainer::train(&model, &self.data, &spec, ctx.seed, ctx.checkpoint_dir.as_deref(), &mut |epoch, acc| {
             reporter.report(epoch as u64, acc)
         })
         .map_err(fail)?;

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use archsearch_core::stats::{mean, std};
-use archsearch_core::Outcome;
+use archsearch_core::{Job, Outcome};
 use archsearch_tasks::tabular::TableTask;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -16,7 +16,10 @@ use crate::registry::StrategyConfig;
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayResult {
     pub strategy: String,
-    pub budget: u64,
+    /// Evaluations per run, if the budget was counted in evaluations.
+    pub budget: Option<u64>,
+    /// Simulated cost per run, if the budget was counted in cost.
+    pub cost_budget: Option<f64>,
     pub seeds: u64,
     /// Mean and std of the report column of the architecture each run picked.
     pub mean: f64,
@@ -25,51 +28,95 @@ pub struct ReplayResult {
     pub search_mean: f64,
     /// Mean number of distinct architectures a run evaluated.
     pub distinct: f64,
+    /// Mean number of evaluations (table queries) a run made.
+    pub evaluations: f64,
+    /// Mean simulated cost a run spent.
+    pub cost: f64,
     pub wall_seconds: f64,
 }
 
-/// Replays `strategy` on `task` for seeds `0..seeds`, `budget` queries each,
-/// seeds in parallel. Each run picks the architecture with the best search
-/// value it saw (ties: the first) and is scored by its report value.
-pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: u64, seeds: u64) -> Result<ReplayResult> {
+/// A replay's budget per run: evaluations, simulated cost, or both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayBudget {
+    pub evaluations: Option<u64>,
+    pub cost: Option<f64>,
+}
+
+/// Replays `strategy` on `task` for seeds `0..seeds`, seeds in parallel,
+/// until each run's budget is spent. Multi-fidelity strategies ask for
+/// budgets of the table's fidelity axis (a promoted architecture is charged
+/// its larger budget in full: a table cannot resume). Each run picks, among
+/// the architectures evaluated at the largest budget it reached, the one with
+/// the best value (ties: the first), and is scored by its report value.
+pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget, seeds: u64) -> Result<ReplayResult> {
     let start = Instant::now();
     let space = archsearch_tasks::Task::space(task);
-    let runs: Vec<(f64, f64, usize)> = (0..seeds)
+    let runs: Vec<Run> = (0..seeds)
         .into_par_iter()
-        .map(|seed| -> Result<(f64, f64, usize)> {
+        .map(|seed| -> Result<Run> {
             archsearch_rl::init_thread(1);
             let mut s = strategy.build(space, seed)?;
-            let mut best: Option<(f64, f64)> = None;
+            let mut run = Run::default();
+            let mut started = 0u64;
+            // (budget, search value, report value) of the pick so far.
+            let mut best: Option<(u64, f64, f64)> = None;
             let mut seen = std::collections::HashSet::new();
-            for _ in 0..budget {
-                let arch = s.ask()?;
+            loop {
+                if budget.cost.is_some_and(|c| run.cost >= c) || budget.evaluations.is_some_and(|n| run.evaluations >= n) {
+                    break;
+                }
+                let (trial, arch, b) = match s.ask_job(started)? {
+                    Job::Start { arch, budget } => {
+                        started += 1;
+                        (started - 1, arch, budget)
+                    }
+                    Job::Resume { trial, arch, budget } => (trial, arch, Some(budget)),
+                    Job::Wait => return Err(anyhow!("seed {seed}: `{}` waited in a sequential replay", s.name())),
+                };
+                run.evaluations += 1;
                 seen.insert(arch.choices.clone());
-                let Some((search, report)) = task.search_and_report(&arch) else {
-                    s.tell(&arch, Outcome::Failed)?;
+                let Some((value, report, cost)) = task.value_at(&arch, b)? else {
+                    s.tell_job(trial, &arch, b, Outcome::Failed)?;
                     continue;
                 };
-                if best.is_none_or(|(b, _)| search > b) {
-                    best = Some((search, report));
+                run.cost += cost;
+                let level = b.unwrap_or(u64::MAX);
+                if best.is_none_or(|(l, v, _)| level > l || (level == l && value > v)) {
+                    best = Some((level, value, report));
                 }
-                s.tell(&arch, Outcome::Complete { value: search })?;
+                s.tell_job(trial, &arch, b, Outcome::Complete { value })?;
             }
-            let (search, report) = best.ok_or_else(|| anyhow!("seed {seed}: no query found its architecture in the table"))?;
-            Ok((report, search, seen.len()))
+            let (_, search, report) = best.ok_or_else(|| anyhow!("seed {seed}: no query found its architecture in the table"))?;
+            run.report = report;
+            run.search = search;
+            run.distinct = seen.len();
+            Ok(run)
         })
         .collect::<Result<_>>()?;
-    let reports: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let searches: Vec<f64> = runs.iter().map(|r| r.1).collect();
-    let distinct: Vec<f64> = runs.iter().map(|r| r.2 as f64).collect();
+    let col = |f: fn(&Run) -> f64| runs.iter().map(f).collect::<Vec<f64>>();
+    let reports = col(|r| r.report);
     Ok(ReplayResult {
         strategy: strategy.name().to_string(),
-        budget,
+        budget: budget.evaluations,
+        cost_budget: budget.cost,
         seeds,
         mean: mean(&reports),
         std: std(&reports),
-        search_mean: mean(&searches),
-        distinct: mean(&distinct),
+        search_mean: mean(&col(|r| r.search)),
+        distinct: mean(&col(|r| r.distinct as f64)),
+        evaluations: mean(&col(|r| r.evaluations as f64)),
+        cost: mean(&col(|r| r.cost)),
         wall_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[derive(Default)]
+struct Run {
+    report: f64,
+    search: f64,
+    distinct: usize,
+    evaluations: u64,
+    cost: f64,
 }
 
 /// `archsearch bench-train`: the reference networks trained by archsearch

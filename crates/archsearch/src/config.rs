@@ -69,6 +69,14 @@ pub enum TaskConfig {
         /// Simulated seconds per query.
         #[serde(default)]
         cost_per_query: f64,
+        /// Simulated seconds per epoch of the evaluated column (12 or 200),
+        /// so that a cost budget is proportional to training epochs.
+        #[serde(default)]
+        cost_per_step: f64,
+        /// The fidelity axis multi-fidelity strategies use (default: the
+        /// CIFAR-10-valid validation accuracy after 12 and 200 epochs).
+        #[serde(default = "default_nb201_fidelities")]
+        fidelities: Vec<FidelityColumn>,
     },
     /// Any CSV mapping architectures of `[space]` to metric columns.
     Table {
@@ -82,9 +90,31 @@ pub enum TaskConfig {
         cost_per_query: f64,
         #[serde(default)]
         cost_column: Option<String>,
+        /// Simulated seconds per step of the evaluated column's budget.
+        #[serde(default)]
+        cost_per_step: f64,
+        /// The fidelity axis: columns measured at increasing budgets.
+        #[serde(default)]
+        fidelities: Vec<FidelityColumn>,
     },
     /// Train a network for each architecture (see `archsearch_train`).
     Train(Box<TrainTaskConfig>),
+}
+
+/// A column of a table measured at one budget (e.g. epochs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FidelityColumn {
+    pub budget: u64,
+    pub column: String,
+}
+
+fn default_nb201_fidelities() -> Vec<FidelityColumn> {
+    archsearch_tasks::tabular::nb201_fidelities().into_iter().map(|(budget, column)| FidelityColumn { budget, column }).collect()
+}
+
+fn fidelity_pairs(f: &[FidelityColumn]) -> Vec<(u64, String)> {
+    f.iter().map(|f| (f.budget, f.column.clone())).collect()
 }
 
 fn default_search() -> String {
@@ -179,21 +209,22 @@ impl Config {
     /// Builds the task (reading its data); `device` overrides a training task's device.
     pub fn task(&self, device: Option<DeviceChoice>) -> Result<Arc<dyn Task>> {
         Ok(match &self.task {
-            TaskConfig::Nb201 { search_column, report_column, cost_per_query } => {
+            TaskConfig::Nb201 { search_column, report_column, cost_per_query, cost_per_step, fidelities } => {
                 let q = TableQuery {
-                    search_column: search_column.clone(),
-                    report_column: report_column.clone(),
                     cost_per_query: *cost_per_query,
-                    cost_column: None,
+                    cost_per_step: *cost_per_step,
+                    fidelities: fidelity_pairs(fidelities),
+                    ..TableQuery::new(search_column, report_column)
                 };
                 Arc::new(TableTask::nb201(q)?)
             }
-            TaskConfig::Table { file, arch_column, search_column, report_column, cost_per_query, cost_column } => {
+            TaskConfig::Table { file, arch_column, search_column, report_column, cost_per_query, cost_column, cost_per_step, fidelities } => {
                 let q = TableQuery {
-                    search_column: search_column.clone(),
-                    report_column: report_column.clone(),
                     cost_per_query: *cost_per_query,
                     cost_column: cost_column.clone(),
+                    cost_per_step: *cost_per_step,
+                    fidelities: fidelity_pairs(fidelities),
+                    ..TableQuery::new(search_column, report_column)
                 };
                 Arc::new(TableTask::from_csv(file, self.space()?, arch_column, q)?)
             }

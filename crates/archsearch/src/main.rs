@@ -158,9 +158,30 @@ struct BenchArgs {
     /// Comma-separated strategies.
     #[arg(long, value_delimiter = ',', default_value = "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm")]
     strategies: Vec<String>,
-    /// Queries per run.
-    #[arg(long, default_value_t = 100)]
-    budget: u64,
+    /// Evaluations (queries) per run (default 100 unless --cost is given).
+    #[arg(long)]
+    budget: Option<u64>,
+    /// Simulated cost per run instead: a run stops once it has spent this
+    /// much (cost of a query = --cost-per-step × the budget of its column).
+    #[arg(long)]
+    cost: Option<f64>,
+    /// Simulated cost per step (epoch) of the evaluated column's budget.
+    #[arg(long, default_value_t = 1.0)]
+    cost_per_step: f64,
+    /// The table's fidelity axis as BUDGET=COLUMN pairs (NAS-Bench-201
+    /// default: 12=c10valid_valid12,200=c10valid_valid200).
+    #[arg(long, value_delimiter = ',')]
+    fidelities: Option<Vec<String>>,
+    /// Multi-fidelity strategies: smallest budget (default: the axis's smallest).
+    #[arg(long)]
+    min_budget: Option<u64>,
+    /// Multi-fidelity strategies: largest budget (default: the axis's largest).
+    #[arg(long)]
+    max_budget: Option<u64>,
+    /// Multi-fidelity strategies: reduction factor η (default: max/min on a
+    /// two-level axis, else 3).
+    #[arg(long)]
+    eta: Option<f64>,
     /// Runs (seeds 0..N) per strategy.
     #[arg(long, default_value_t = 500)]
     seeds: u64,
@@ -354,12 +375,18 @@ fn bench(a: BenchArgs) -> Result<()> {
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global()?;
     }
-    let query = TableQuery {
-        search_column: a.search_column.clone(),
-        report_column: a.report_column.clone(),
-        cost_per_query: 0.0,
-        cost_column: None,
+    let fidelities: Vec<(u64, String)> = match (&a.fidelities, a.task) {
+        (Some(f), _) => f
+            .iter()
+            .map(|p| {
+                let (b, c) = p.split_once('=').with_context(|| format!("--fidelities: `{p}` is not BUDGET=COLUMN"))?;
+                Ok((b.trim().parse().with_context(|| format!("--fidelities: `{b}` is not a whole number"))?, c.trim().to_string()))
+            })
+            .collect::<Result<_>>()?,
+        (None, BenchTask::Nb201) => archsearch_tasks::tabular::nb201_fidelities(),
+        (None, BenchTask::Table) => Vec::new(),
     };
+    let query = TableQuery { cost_per_step: a.cost_per_step, fidelities: fidelities.clone(), ..TableQuery::new(&a.search_column, &a.report_column) };
     let task = match a.task {
         BenchTask::Nb201 => TableTask::nb201(query)?,
         BenchTask::Table => {
@@ -371,28 +398,52 @@ fn bench(a: BenchArgs) -> Result<()> {
             TableTask::from_csv(table, space_built, &a.arch_column, query)?
         }
     };
-    let mut strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim())).collect::<Result<_>>()?;
+    let ladder = {
+        let budgets: Vec<u64> = fidelities.iter().map(|f| f.0).collect();
+        let (lo, hi) = (budgets.iter().min().copied(), budgets.iter().max().copied());
+        match (a.min_budget.or(lo), a.max_budget.or(hi)) {
+            (Some(min), Some(max)) => {
+                let eta = a.eta.unwrap_or(if budgets.len() == 2 && max > min { max as f64 / min as f64 } else { 3.0 });
+                Some(archsearch::registry::Ladder { min_budget: min, max_budget: max, eta })
+            }
+            _ => None,
+        }
+    };
+    let mut strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim(), ladder)).collect::<Result<_>>()?;
     if let Some(lr) = a.learning_rate {
         for s in &mut strategies {
             s.set_learning_rate(lr);
         }
     }
+    let space = archsearch_tasks::Task::space(&task);
+    for s in &strategies {
+        for b in s.budgets(space)? {
+            archsearch_tasks::Task::check_budget(&task, b).with_context(|| format!("`{}` asks for budget {b}", s.name()))?;
+        }
+    }
+    let budget = archsearch::bench::ReplayBudget { evaluations: a.budget.or(if a.cost.is_none() { Some(100) } else { None }), cost: a.cost };
     if !a.json {
-        println!(
-            "{} queries per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked",
-            a.budget, a.seeds, a.search_column, a.report_column
-        );
-        println!("{:<16} {:>16} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "wall s");
+        let per_run = match (budget.evaluations, budget.cost) {
+            (Some(n), Some(c)) => format!("{n} evaluations or cost {c}"),
+            (Some(n), None) => format!("{n} evaluations"),
+            (None, Some(c)) => format!("simulated cost {c} ({} per step)", a.cost_per_step),
+            (None, None) => unreachable!(),
+        };
+        println!("{per_run} per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked", a.seeds, a.search_column, a.report_column);
+        if let Some(l) = ladder.filter(|_| strategies.iter().any(|s| !s.budgets(space).unwrap_or_default().is_empty())) {
+            println!("multi-fidelity: budgets {}..{} (η = {:.3}) on {}", l.min_budget, l.max_budget, l.eta, fidelities.iter().map(|(b, c)| format!("{b}={c}")).collect::<Vec<_>>().join(", "));
+        }
+        println!("{:<20} {:>16} {:>12} {:>10} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "evaluations", "cost", "wall s");
     }
     let start = Instant::now();
     for s in &strategies {
-        let r = replay(&task, s, a.budget, a.seeds)?;
+        let r = replay(&task, s, budget, a.seeds)?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "{:<16} {:>9.2} ± {:<4.2} {:>12.2} {:>10.1} {:>8.1}",
-                r.strategy, r.mean, r.std, r.search_mean, r.distinct, r.wall_seconds
+                "{:<20} {:>9.2} ± {:<4.2} {:>12.2} {:>10.1} {:>12.1} {:>10.0} {:>8.1}",
+                r.strategy, r.mean, r.std, r.search_mean, r.distinct, r.evaluations, r.cost, r.wall_seconds
             );
         }
     }

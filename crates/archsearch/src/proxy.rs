@@ -156,7 +156,7 @@ pub fn run(path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option
 fn tabular(file: &CheckFile, path: &Path) -> Result<Vec<ProxyReport>> {
     let c = &file.check;
     let Some(first) = c.pairs.first() else { bail!("{}: [check] needs `pairs` (proxy and target columns) for a table task", path.display()) };
-    let query = TableQuery { search_column: first.proxy.clone(), report_column: first.target.clone(), cost_per_query: 0.0, cost_column: None };
+    let query = TableQuery::new(&first.proxy, &first.target);
     let table = match &file.task {
         TaskConfig::Nb201 { .. } => TableTask::nb201(query)?,
         TaskConfig::Table { file: csv, arch_column, .. } => {

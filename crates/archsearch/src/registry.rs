@@ -1,7 +1,7 @@
 //! Every strategy by name: its config in a study file, and how to build it.
 
 use anyhow::Result;
-use archsearch_core::strategies::{evolution, fixed, random};
+use archsearch_core::strategies::{asha, evolution, fixed, hyperband, random, successive_halving};
 use archsearch_core::{Space, Strategy};
 use archsearch_rl::policy::PolicyKind;
 use archsearch_rl::{ppo, reinforce};
@@ -24,17 +24,46 @@ pub enum StrategyConfig {
     PpoLstm(ppo::Config),
     /// A fixed list of architectures, in order.
     Fixed(fixed::Config),
+    /// Successive halving over a budget ladder (multi-fidelity).
+    SuccessiveHalving(successive_halving::Config),
+    /// Hyperband: brackets of successive halving (multi-fidelity).
+    Hyperband(hyperband::Config),
+    /// Asynchronous successive halving (multi-fidelity, for worker pools).
+    Asha(asha::Config),
     /// Population based training / PBT-NAS (drives training itself).
     Pbt(crate::pbt::Config),
 }
 
 /// The names `bench --strategies` accepts.
-pub const NAMES: [&str; 6] = ["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm"];
+pub const NAMES: [&str; 9] =
+    ["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm", "successive-halving", "hyperband", "asha"];
+
+/// The budget ladder a multi-fidelity strategy gets from `bench`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ladder {
+    pub min_budget: u64,
+    pub max_budget: u64,
+    pub eta: f64,
+}
 
 impl StrategyConfig {
-    /// The default config of a strategy by name.
-    pub fn by_name(name: &str) -> Result<Self> {
+    /// The default config of a strategy by name; multi-fidelity strategies
+    /// take their budgets from `ladder`.
+    pub fn by_name(name: &str, ladder: Option<Ladder>) -> Result<Self> {
+        let ladder = || ladder.ok_or_else(|| anyhow::anyhow!("`{name}` needs a fidelity axis (min and max budget)"));
         let c = match name {
+            "successive-halving" | "sh" => {
+                let l = ladder()?;
+                StrategyConfig::SuccessiveHalving(successive_halving::Config { min_budget: l.min_budget, max_budget: l.max_budget, eta: l.eta, n: None })
+            }
+            "hyperband" => {
+                let l = ladder()?;
+                StrategyConfig::Hyperband(hyperband::Config { min_budget: l.min_budget, max_budget: l.max_budget, eta: l.eta })
+            }
+            "asha" => {
+                let l = ladder()?;
+                StrategyConfig::Asha(asha::Config { min_budget: l.min_budget, max_budget: l.max_budget, eta: l.eta, early_stopping_rate: 0 })
+            }
             "random" => StrategyConfig::Random(Default::default()),
             "evolution" | "rea" => StrategyConfig::Evolution(Default::default()),
             "reinforce" => StrategyConfig::Reinforce(Default::default()),
@@ -56,7 +85,20 @@ impl StrategyConfig {
             StrategyConfig::PpoLstm(_) => "ppo-lstm",
             StrategyConfig::Fixed(_) => "fixed",
             StrategyConfig::Pbt(_) => "pbt",
+            StrategyConfig::SuccessiveHalving(_) => "successive-halving",
+            StrategyConfig::Hyperband(_) => "hyperband",
+            StrategyConfig::Asha(_) => "asha",
         }
+    }
+
+    /// Every budget the strategy may ask a task for (none: full evaluations only).
+    pub fn budgets(&self, space: &Space) -> Result<Vec<u64>> {
+        Ok(match self {
+            StrategyConfig::SuccessiveHalving(c) => successive_halving::ladder(c.min_budget, c.max_budget, c.eta)?,
+            StrategyConfig::Hyperband(c) => successive_halving::ladder(c.min_budget, c.max_budget, c.eta)?,
+            StrategyConfig::Asha(c) => asha::Asha::new(space.clone(), c.clone(), 0)?.budgets().to_vec(),
+            _ => Vec::new(),
+        })
     }
 
     /// Fills in defaults that depend on the variant (policy, learning rate).
@@ -76,7 +118,7 @@ impl StrategyConfig {
         match self {
             StrategyConfig::Reinforce(c) | StrategyConfig::ReinforceLstm(c) => c.learning_rate = Some(lr),
             StrategyConfig::Ppo(c) | StrategyConfig::PpoLstm(c) => c.learning_rate = Some(lr),
-            StrategyConfig::Random(_) | StrategyConfig::Evolution(_) | StrategyConfig::Fixed(_) | StrategyConfig::Pbt(_) => {}
+            _ => {}
         }
     }
 
@@ -91,6 +133,9 @@ impl StrategyConfig {
         };
         Ok(match self.clone().resolve() {
             StrategyConfig::Random(c) => Box::new(random::RandomSearch::new(space.clone(), c, seed)),
+            StrategyConfig::SuccessiveHalving(c) => Box::new(successive_halving::SuccessiveHalving::new(space.clone(), c, seed)?),
+            StrategyConfig::Hyperband(c) => Box::new(hyperband::Hyperband::new(space.clone(), c, seed)?),
+            StrategyConfig::Asha(c) => Box::new(asha::Asha::new(space.clone(), c, seed)?),
             StrategyConfig::Fixed(c) => Box::new(fixed::Fixed::new(space, c)?),
             StrategyConfig::Pbt(_) => anyhow::bail!("`pbt` trains its population itself; it has no ask/tell form"),
             StrategyConfig::Evolution(c) => Box::new(evolution::RegularizedEvolution::new(space.clone(), c, seed)?),

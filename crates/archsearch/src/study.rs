@@ -3,15 +3,23 @@
 //! Every ask and every tell is one store transaction that also saves the
 //! strategy's state, so the store is consistent after a crash at any moment.
 //! On start, trials left RUNNING by a dead process are run again in place
-//! (same number, same architecture, attempts + 1): the saved strategy state
-//! already accounts for having asked them, so the resumed study continues
-//! exactly as an uninterrupted one would.
+//! (same number, same architecture, same budget, attempts + 1): the saved
+//! strategy state already accounts for having asked them, so the resumed
+//! study continues exactly as an uninterrupted one would.
+//!
+//! Multi-fidelity strategies ask for jobs with budgets ([`Job`]): a trial
+//! evaluated below the strategy's largest budget is PAUSED, and later resumed
+//! (the same trial, continuing from its checkpoint) or PRUNED at its step.
+//! When the study's budget is spent, trials still paused are pruned. A
+//! `trials` budget counts architectures: once it is reached, paused trials
+//! may still be resumed, but no new one starts. A `cost` budget stops
+//! everything.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use archsearch_core::{Architecture, Direction, Outcome, Space, Strategy, TrialState};
-use archsearch_store::{Finish, NewStudy, NewTrial, Storage, StudyRecord, TrialRecord};
+use archsearch_core::{Architecture, Direction, Job, Outcome, Space, Strategy, TrialState};
+use archsearch_store::{Finish, Launch, NewStudy, NewTrial, Storage, StudyRecord, TrialRecord};
 use archsearch_tasks::{Reporter, Task, TrialContext};
 
 use crate::config::Config;
@@ -40,8 +48,13 @@ pub struct Budget {
 }
 
 impl Budget {
-    fn reached(&self, c: &archsearch_store::Counts) -> bool {
-        self.trials.is_some_and(|t| c.started >= t) || self.cost.is_some_and(|b| c.cost >= b)
+    /// No more evaluations at all.
+    fn spent(&self, c: &archsearch_store::Counts) -> bool {
+        self.cost.is_some_and(|b| c.cost >= b)
+    }
+    /// No new trials (paused ones may still resume).
+    fn no_new_trials(&self, c: &archsearch_store::Counts) -> bool {
+        self.spent(c) || self.trials.is_some_and(|t| c.started >= t)
     }
 }
 
@@ -66,9 +79,15 @@ pub struct Study {
 #[derive(Debug, Clone)]
 pub struct TrialEvent {
     pub number: u64,
+    /// COMPLETE, FAIL, or PAUSED (evaluated below the largest budget).
     pub state: TrialState,
     pub value: Option<f64>,
+    /// The budget the trial was evaluated to (`None`: in full).
+    pub budget: Option<u64>,
+    /// Re-run after a crash.
     pub resumed: bool,
+    /// Paused trials the strategy pruned on this tell.
+    pub pruned: usize,
 }
 
 impl Study {
@@ -94,6 +113,9 @@ impl Study {
         let space = stored.space()?;
         let task = stored.task(device)?;
         let mut strategy = stored.strategy.build(&space, record.seed)?;
+        for b in stored.strategy.budgets(&space)? {
+            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b}", stored.strategy.name()))?;
+        }
         let mut version = 0;
         if let Some((v, bytes)) = store.strategy_state(record.id)? {
             strategy.load_state(&bytes).context("stored strategy state")?;
@@ -163,7 +185,8 @@ impl Study {
                 result = result.and(r);
             }
             result
-        })
+        })?;
+        self.finish()
     }
 
     /// Lets trials checkpoint under `root` (`root/STUDY/trial-N/`), so a trial
@@ -195,7 +218,17 @@ impl Study {
     /// Runs until the budget is reached, calling `on_trial` after each trial.
     pub fn run(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
         self.rerun_orphans(on_trial)?;
-        self.run_loop(on_trial)
+        self.run_loop(on_trial)?;
+        self.finish()
+    }
+
+    /// The budget is spent: trials still paused will never resume.
+    fn finish(&mut self) -> Result<()> {
+        let n = self.store.prune_paused(self.record.id)?;
+        if n > 0 {
+            tracing::info!(study = %self.record.name, pruned = n, "pruned the trials still paused at the end of the study");
+        }
+        Ok(())
     }
 
     /// Runs again, in place, the trials a dead process left RUNNING.
@@ -203,7 +236,7 @@ impl Study {
         for t in self.store.claim_orphans(self.record.id, &self.owner, 300.0)? {
             let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
             tracing::info!(trial = t.number, attempt = t.attempts, "re-running a trial left unfinished");
-            let ev = self.evaluate_and_tell(t.id, t.number, &arch)?;
+            let ev = self.evaluate_and_tell(t.id, t.number, &arch, t.step)?;
             on_trial(&TrialEvent { resumed: true, ..ev });
         }
         Ok(())
@@ -213,50 +246,92 @@ impl Study {
         archsearch_rl::init_thread(1);
         loop {
             let mut asked = None;
+            let mut wait = false;
             let budget = self.budget;
             let (space, strategy, seed) = (&self.space, &mut self.strategy, self.record.seed);
             let started = self.store.ask(self.record.id, self.version, &self.owner, &mut |stored, counts| {
                 if let Some(bytes) = stored {
                     strategy.load_state(bytes)?;
                 }
-                if budget.reached(counts) {
+                if budget.spent(counts) {
                     return Ok(None);
                 }
-                let arch = strategy.ask()?;
-                space.validate(&arch)?;
-                let trial = NewTrial {
-                    arch: space.canonical(&arch),
-                    arch_json: serde_json::to_string(&arch)?,
-                    seed: trial_seed(seed, counts.started),
+                // Past a `trials` budget only resumes may run: keep the state
+                // to take back an ask for a new trial.
+                let before = budget.no_new_trials(counts).then(|| strategy.save_state()).transpose()?;
+                let launch = match strategy.ask_job(counts.started)? {
+                    Job::Wait => {
+                        wait = true;
+                        return Ok(None);
+                    }
+                    Job::Start { .. } if before.is_some() => {
+                        strategy.load_state(before.as_deref().expect("saved above"))?;
+                        return Ok(None);
+                    }
+                    Job::Start { arch, budget } => {
+                        space.validate(&arch)?;
+                        let trial = NewTrial {
+                            arch: space.canonical(&arch),
+                            arch_json: serde_json::to_string(&arch)?,
+                            seed: trial_seed(seed, counts.started),
+                            step: budget,
+                        };
+                        asked = Some((arch, budget));
+                        Launch::New(trial)
+                    }
+                    Job::Resume { trial, arch, budget } => {
+                        asked = Some((arch, Some(budget)));
+                        Launch::Resume { number: trial, step: budget }
+                    }
                 };
-                asked = Some(arch);
-                Ok(Some((strategy.save_state()?, trial)))
+                Ok(Some((strategy.save_state()?, launch)))
             })?;
-            let Some(started) = started else { break };
+            let Some(started) = started else {
+                if !wait {
+                    break;
+                }
+                // A synchronous rung waits for trials other workers run;
+                // take over those of workers that died meanwhile.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                self.rerun_orphans(on_trial)?;
+                continue;
+            };
             self.version = started.state_version;
-            let arch = asked.expect("a started trial was asked");
-            let ev = self.evaluate_and_tell(started.trial_id, started.number, &arch)?;
+            let (arch, budget) = asked.expect("a started trial was asked");
+            let ev = self.evaluate_and_tell(started.trial_id, started.number, &arch, budget)?;
             on_trial(&ev);
         }
         Ok(())
     }
 
-    fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture) -> Result<TrialEvent> {
+    fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>) -> Result<TrialEvent> {
         let mut reporter = StoreReporter { store: self.store.as_mut(), trial, error: None };
         let mut ctx = TrialContext {
             number,
             seed: trial_seed(self.record.seed, number),
             checkpoint_dir: self.checkpoint_root.as_ref().map(|r| r.join(format!("trial-{number}"))),
             reporter: &mut reporter,
+            budget,
         };
         let result = self.task.evaluate(arch, &mut ctx);
         if let Some(e) = reporter.error {
             anyhow::bail!("trial {number}: recording an intermediate value failed: {e}");
         }
         let direction = self.record.direction;
+        // Below the strategy's largest budget a trial pauses, to be resumed or pruned.
+        let done = match (budget, self.strategy.max_budget()) {
+            (Some(b), Some(max)) => b >= max,
+            _ => true,
+        };
         let (finish, outcome) = match result {
             Ok(ev) if ev.value.is_finite() => (
-                Finish { state: TrialState::Complete, value: Some(ev.value), metrics: ev.metrics, cost: ev.cost, error: None },
+                Finish {
+                    state: if done { TrialState::Complete } else { TrialState::Paused },
+                    value: Some(ev.value),
+                    metrics: ev.metrics,
+                    cost: ev.cost,
+                    error: None,
+                },
                 Outcome::Complete { value: direction.fitness(ev.value) },
             ),
             Ok(ev) => (
@@ -278,14 +353,16 @@ impl Study {
             tracing::warn!(trial = number, error = %e, "trial failed");
         }
         let strategy = &mut self.strategy;
+        let mut pruned = 0;
         self.version = self.store.tell(self.record.id, trial, self.version, &finish, &mut |stored| {
             if let Some(bytes) = stored {
                 strategy.load_state(bytes)?;
             }
-            strategy.tell(arch, outcome)?;
-            Ok(strategy.save_state()?)
+            let prune = strategy.tell_job(number, arch, budget, outcome)?;
+            pruned = prune.len();
+            Ok((strategy.save_state()?, prune))
         })?;
-        Ok(TrialEvent { number, state: finish.state, value: finish.value, resumed: false })
+        Ok(TrialEvent { number, state: finish.state, value: finish.value, budget, resumed: false, pruned })
     }
 }
 
