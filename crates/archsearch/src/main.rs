@@ -269,25 +269,31 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
     };
     let done = study.record().counts.finished;
     let total = study.budget().trials.unwrap_or(0);
-    let bar = if quiet || total == 0 { ProgressBar::hidden() } else { ProgressBar::new(total) };
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}").expect("valid template"),
-    );
+    // A cost budget has no known number of trials: count them on a spinner.
+    let bar = match (quiet, total) {
+        (true, _) => ProgressBar::hidden(),
+        (false, 0) => ProgressBar::new_spinner(),
+        (false, n) => ProgressBar::new(n),
+    };
+    let template = if total == 0 { "{spinner} {pos} trials finished  {elapsed_precise}  {msg}" } else { "{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}" };
+    bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar.set_position(done);
     let best: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
     let direction = study.record().direction;
     let workers = workers.or(study.config().study.workers).unwrap_or(1).max(1);
     let connect = || archsearch_store::open(url).map_err(anyhow::Error::from);
     study.run_parallel(workers, &connect, &|ev| {
-        if let Some(v) = ev.value {
+        if let (Some(v), false) = (ev.value, ev.state == archsearch_core::TrialState::Paused) {
             let mut b = best.lock().unwrap_or_else(|e| e.into_inner());
             if b.is_none_or(|b| direction.better(v, b)) {
                 *b = Some(v);
                 bar.set_message(format!("best {v:.4}"));
             }
         }
+        // Paused trials come back; pruned ones finish without an event of their own.
+        let finished = u64::from(ev.state.is_finished()) + ev.pruned as u64;
         if !ev.resumed {
-            bar.inc(1);
+            bar.inc(finished);
         }
     })?;
     bar.finish_and_clear();

@@ -18,6 +18,7 @@ pub struct StudyReport<'a> {
     pub complete: usize,
     pub failed: usize,
     pub pruned: usize,
+    pub paused: usize,
     pub running: usize,
 }
 
@@ -32,6 +33,7 @@ pub fn study_report<'a>(study: &'a StudyRecord, trials: &'a [TrialRecord], membe
         complete: count(Complete),
         failed: count(Fail),
         pruned: count(Pruned),
+        paused: count(Paused),
         running: count(Running),
     }
 }
@@ -45,12 +47,13 @@ pub fn summary(r: &StudyReport<'_>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "study `{}`: {} trials ({} complete, {} failed, {} pruned, {} running)",
+        "study `{}`: {} trials ({} complete, {} failed, {} pruned, {} paused, {} running)",
         r.study.name,
         r.trials.len(),
         r.complete,
         r.failed,
         r.pruned,
+        r.paused,
         r.running
     );
     match r.best {
@@ -99,11 +102,16 @@ pub fn table(r: &StudyReport<'_>) -> String {
         }
         return s;
     }
-    let _ = writeln!(s, "{:>6}  {:<8}  {:>10}  {:<40}  metrics / error", "trial", "state", "value", "architecture");
+    // A trial evaluated to a budget shows it: `PRUNED@12` stopped at step 12.
+    let _ = writeln!(s, "{:>6}  {:<13}  {:>10}  {:<40}  metrics / error", "trial", "state@step", "value", "architecture");
     for t in r.trials {
         let value = t.value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         let extra = t.error.clone().unwrap_or_else(|| fmt_metrics(t));
-        let _ = writeln!(s, "{:>6}  {:<8}  {:>10}  {:<40}  {}", t.number, t.state.as_str(), value, t.arch, extra);
+        let state = match t.step {
+            Some(step) => format!("{}@{step}", t.state.as_str()),
+            None => t.state.as_str().to_string(),
+        };
+        let _ = writeln!(s, "{:>6}  {:<13}  {:>10}  {:<40}  {}", t.number, state, value, t.arch, extra);
     }
     s.push('\n');
     s.push_str(&summary(r));

@@ -126,6 +126,44 @@ fn a_killed_trial_resumes_from_its_checkpoint() {
     assert_eq!(t["value"], show(&clean)["trials"][0]["value"], "a resumed trial must end as an uninterrupted one");
 }
 
+/// Successive halving on real training: the promoted trial continues from
+/// its checkpoint (1 epoch, then epochs 2–3 of the same 3-epoch schedule)
+/// and ends exactly where a straight 3-epoch training of it ends; the others
+/// are PRUNED at epoch 1.
+#[test]
+fn successive_halving_resumes_promoted_trials_from_their_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let evolution = "kind = \"evolution\"\npopulation = 2\nsample = 2\n";
+    let c = config(d.path(), "sh", 3, 3, "");
+    let text = std::fs::read_to_string(&c).unwrap().replace(evolution, "kind = \"successive-halving\"\nmin_budget = 1\nmax_budget = 3\nn = 3\n");
+    std::fs::write(&c, text).unwrap();
+    let db = d.path().join("sh.db");
+    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let v = show(&db);
+    let trials = v["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3);
+    let epochs = |t: &serde_json::Value| t["intermediate"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect::<Vec<_>>();
+    let done: Vec<&serde_json::Value> = trials.iter().filter(|t| t["state"] == "COMPLETE").collect();
+    assert_eq!(done.len(), 1);
+    let t = done[0];
+    assert_eq!((t["step"].as_u64(), epochs(t)), (Some(3), vec![1, 2, 3]));
+    assert_eq!(t["metrics"]["resumed_from_epoch"], 1.0, "the promotion did not continue from the checkpoint");
+    for p in trials.iter().filter(|t| t["state"] != "COMPLETE") {
+        assert_eq!((p["state"].as_str(), p["step"].as_u64(), epochs(p)), (Some("PRUNED"), Some(1), vec![1]));
+        assert!(p["value"].as_f64().unwrap() <= t["intermediate"][0][1].as_f64().unwrap(), "a better trial was pruned");
+    }
+    // The same architectures trained straight for 3 epochs, with the same trial seeds.
+    let archs: Vec<String> = trials.iter().map(|t| format!("{:?}", t["arch"].as_str().unwrap())).collect();
+    let c2 = config(d.path(), "straight", 3, 3, "");
+    let text = std::fs::read_to_string(&c2).unwrap().replace(evolution, &format!("kind = \"fixed\"\narchitectures = [{}]\n", archs.join(", ")));
+    std::fs::write(&c2, text).unwrap();
+    let db2 = d.path().join("straight.db");
+    run_ok(&["run", c2.to_str().unwrap(), "--study", db2.to_str().unwrap(), "--quiet"]);
+    let straight = show(&db2);
+    let n = t["number"].as_u64().unwrap() as usize;
+    assert_eq!(t["value"], straight["trials"][n]["value"], "a promoted trial must end as a straight run does");
+}
+
 /// The checkpoint is a safetensors file that PyTorch's `safetensors` loader
 /// reads, with the same tensor names (weights by position, optimiser state).
 #[test]
