@@ -201,6 +201,13 @@ struct BenchArgs {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`archsearch show X.db | head`), as Unix
+    // tools do, instead of panicking on the failed write.
+    // SAFETY: resetting a signal's disposition to its default before any
+    // thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCHSEARCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
