@@ -83,14 +83,19 @@ fn paused_trials_resume_or_are_pruned(s: &mut dyn Storage) {
     let e = s.tell(id, st.trial_id, 0, &paused(1.0, 1.0), &mut |_| Ok((vec![], vec![2]))).unwrap_err();
     assert!(matches!(e, StoreError::NotPaused(2, _)), "{e}");
     assert_eq!(s.trials(id).unwrap()[3].state, TrialState::Running);
-    // The end of the search prunes what is still paused, at its step.
+    // The end of the search prunes what is still paused, at its step, but
+    // not while a trial runs (another runner's tell may still resume them).
+    let other = s.ask(id, 0, "me", &mut |_, _| Ok(Some((vec![], at_step("e", 1))))).unwrap().unwrap();
     s.tell(id, st.trial_id, 0, &paused(1.0, 1.0), &mut |_| Ok((vec![], vec![]))).unwrap();
+    assert_eq!(s.prune_paused(id).unwrap(), 0);
+    // Naming a trial someone else already pruned is fine.
+    s.tell(id, other.trial_id, 0, &complete(0.5), &mut |_| Ok((vec![], vec![0]))).unwrap();
     assert_eq!(s.prune_paused(id).unwrap(), 2);
     let t = s.trials(id).unwrap();
     assert!(t.iter().all(|t| t.state.is_finished()));
     assert_eq!((t[1].state, t[1].step), (TrialState::Pruned, Some(1)));
     let c = s.study("mf").unwrap().counts;
-    assert_eq!((c.started, c.finished, c.cost), (4, 4, 7.0));
+    assert_eq!((c.started, c.finished, c.cost), (5, 5, 9.0));
 }
 
 fn attributes_round_trip(s: &mut dyn Storage) {

@@ -31,7 +31,7 @@ pub enum StoreError {
     NoStudy(String),
     #[error("trial {0} not found")]
     NoTrial(i64),
-    #[error("trial {0} is already finished; finished trials are immutable")]
+    #[error("trial (id {0}) is not running: finished trials are immutable, paused ones must be resumed first")]
     Finished(i64),
     #[error("trial {0} is not paused, so it cannot be {1}")]
     NotPaused(u64, &'static str),
@@ -188,7 +188,8 @@ pub trait Storage: Send {
     /// Returns the new state version.
     fn tell(&mut self, study: i64, trial: i64, known_version: u64, finish: &Finish, f: &mut TellFn<'_>) -> Result<u64>;
     /// Prunes every PAUSED trial of the study (the end of a multi-fidelity
-    /// search); returns how many.
+    /// search), unless a trial of the study is still RUNNING (then the last
+    /// runner to finish does it); returns how many.
     fn prune_paused(&mut self, study: i64) -> Result<u64>;
     /// Records an intermediate value of a RUNNING trial (and its heartbeat).
     fn report(&mut self, trial: i64, step: u64, value: f64) -> Result<()>;

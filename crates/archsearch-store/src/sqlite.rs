@@ -138,10 +138,7 @@ impl SqliteStorage {
         // doing the same: both happen inside one immediate transaction.
         if let Err(e) = s.create_or_migrate() {
             let _ = s.conn.execute_batch("ROLLBACK;");
-            return Err(match e {
-                StoreError::Sqlite { source, .. } => s.err(source),
-                other => other,
-            });
+            return Err(e);
         }
         Ok(s)
     }
@@ -342,6 +339,7 @@ impl Storage for SqliteStorage {
             params![trial, finish.state.as_str(), value, metrics, finish.cost, finish.error, (!paused).then_some(t)],
         )
         .map_err(err)?;
+        let mut newly_pruned = 0;
         for &number in &prune {
             let n = tx
                 .execute(
@@ -349,11 +347,19 @@ impl Storage for SqliteStorage {
                     params![study, number as i64, t],
                 )
                 .map_err(err)?;
-            if n != 1 {
-                return Err(StoreError::NotPaused(number, "pruned"));
+            if n == 0 {
+                // Already pruned (by another process ending the study) is fine.
+                let state: Option<String> = tx
+                    .query_row("SELECT state FROM trials WHERE study_id = ?1 AND number = ?2", params![study, number as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(err)?;
+                if state.as_deref() != Some("PRUNED") {
+                    return Err(StoreError::NotPaused(number, "pruned"));
+                }
             }
+            newly_pruned += n as i64;
         }
-        let finished = prune.len() as i64 + i64::from(!paused);
+        let finished = newly_pruned + i64::from(!paused);
         tx.execute(
             "UPDATE studies SET n_finished = n_finished + ?5, total_cost = total_cost + ?2, strategy_state = ?3, state_version = ?4
              WHERE id = ?1",
@@ -368,8 +374,14 @@ impl Storage for SqliteStorage {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+        // Not while a trial still runs (another process on the study): its
+        // tell may resume or prune them; the last runner to finish prunes.
         let n = tx
-            .execute("UPDATE trials SET state = 'PRUNED', finished_at = ?2 WHERE study_id = ?1 AND state = 'PAUSED'", params![study, now()])
+            .execute(
+                "UPDATE trials SET state = 'PRUNED', finished_at = ?2 WHERE study_id = ?1 AND state = 'PAUSED'
+                 AND NOT EXISTS (SELECT 1 FROM trials WHERE study_id = ?1 AND state = 'RUNNING')",
+                params![study, now()],
+            )
             .map_err(err)?;
         tx.execute("UPDATE studies SET n_finished = n_finished + ?2 WHERE id = ?1", params![study, n as i64]).map_err(err)?;
         tx.commit().map_err(err)?;

@@ -80,6 +80,10 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                     continue;
                 };
                 run.cost += cost;
+                if !value.is_finite() {
+                    s.tell_job(trial, &arch, b, Outcome::Failed)?;
+                    continue;
+                }
                 let level = b.unwrap_or(u64::MAX);
                 if best.is_none_or(|(l, v, _)| level > l || (level == l && value > v)) {
                     best = Some((level, value, report));

@@ -185,6 +185,16 @@ impl Config {
             }
             s => {
                 s.build(&space, 0).context("[strategy]")?;
+                // A `trials` budget counts architectures: one bracket must fit.
+                if let (Some(t), Some(n)) = (self.study.trials, s.first_bracket(&space)?) {
+                    if t < n as u64 {
+                        bail!(
+                            "[study] trials = {t} is fewer than the {n} architectures of one `{}` bracket, so none would reach \
+                             max_budget; raise `trials`, lower the bracket (`n`, `eta`), or budget in `cost`",
+                            s.name()
+                        );
+                    }
+                }
             }
         }
         if let TaskConfig::Train(t) = &self.task {

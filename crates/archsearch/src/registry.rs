@@ -91,6 +91,16 @@ impl StrategyConfig {
         }
     }
 
+    /// Architectures the first bracket of a synchronous multi-fidelity
+    /// strategy starts before any reaches its largest budget.
+    pub fn first_bracket(&self, space: &Space) -> Result<Option<usize>> {
+        Ok(match self {
+            StrategyConfig::SuccessiveHalving(c) => Some(successive_halving::SuccessiveHalving::new(space.clone(), c.clone(), 0)?.bracket_size()),
+            StrategyConfig::Hyperband(c) => hyperband::Hyperband::new(space.clone(), c.clone(), 0)?.brackets().first().map(|b| b.0),
+            _ => None,
+        })
+    }
+
     /// Every budget the strategy may ask a task for (none: full evaluations only).
     pub fn budgets(&self, space: &Space) -> Result<Vec<u64>> {
         Ok(match self {

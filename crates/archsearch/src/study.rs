@@ -15,6 +15,7 @@
 //! may still be resumed, but no new one starts. A `cost` budget stops
 //! everything.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -113,8 +114,9 @@ impl Study {
         let space = stored.space()?;
         let task = stored.task(device)?;
         let mut strategy = stored.strategy.build(&space, record.seed)?;
-        for b in stored.strategy.budgets(&space)? {
-            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b}", stored.strategy.name()))?;
+        let ladder = stored.strategy.budgets(&space)?;
+        for &b in &ladder {
+            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", stored.strategy.name()))?;
         }
         let mut version = 0;
         if let Some((v, bytes)) = store.strategy_state(record.id)? {
@@ -174,11 +176,15 @@ impl Study {
         connect: &(dyn Fn() -> Result<Box<dyn Storage>> + Sync),
         on_trial: &(dyn Fn(&TrialEvent) + Sync),
     ) -> Result<()> {
+        self.warn_if_no_checkpoints();
         self.rerun_orphans(on_trial)?;
         let mut others = (1..workers).map(|_| self.worker(connect()?)).collect::<Result<Vec<_>>>()?;
+        // A worker that fails stops the others (which may wait on its trial).
+        let abort = AtomicBool::new(false);
+        let abort = &abort;
         std::thread::scope(|scope| {
-            let handles: Vec<_> = others.iter_mut().map(|w| scope.spawn(move || w.run_loop(on_trial))).collect();
-            let mine = self.run_loop(on_trial);
+            let handles: Vec<_> = others.iter_mut().map(|w| scope.spawn(move || w.run_loop(on_trial, abort))).collect();
+            let mine = self.run_loop(on_trial, abort);
             let mut result = mine;
             for h in handles {
                 let r = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
@@ -217,9 +223,19 @@ impl Study {
 
     /// Runs until the budget is reached, calling `on_trial` after each trial.
     pub fn run(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
+        self.warn_if_no_checkpoints();
         self.rerun_orphans(on_trial)?;
-        self.run_loop(on_trial)?;
+        self.run_loop(on_trial, &AtomicBool::new(false))?;
         self.finish()
+    }
+
+    fn warn_if_no_checkpoints(&self) {
+        if self.checkpoint_root.is_none() && self.strategy.max_budget().is_some() {
+            tracing::warn!(
+                study = %self.record.name,
+                "no checkpoint folder (an in-memory store?): a trial resumed to a larger budget is evaluated again from the start"
+            );
+        }
     }
 
     /// The budget is spent: trials still paused will never resume.
@@ -242,9 +258,21 @@ impl Study {
         Ok(())
     }
 
-    fn run_loop(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
+    fn run_loop(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool) -> Result<()> {
+        let result = self.run_jobs(on_trial, abort);
+        if result.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn run_jobs(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool) -> Result<()> {
         archsearch_rl::init_thread(1);
+        let mut waits = 0u32;
         loop {
+            if abort.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let mut asked = None;
             let mut wait = false;
             let budget = self.budget;
@@ -285,17 +313,31 @@ impl Study {
                     }
                 };
                 Ok(Some((strategy.save_state()?, launch)))
-            })?;
+            });
+            let started = match started {
+                // Another process ended the study and pruned the trial this
+                // strategy (in a state it had not yet seen) wanted to resume.
+                Err(archsearch_store::StoreError::NotPaused(n, _)) => {
+                    tracing::info!(trial = n, "the study was finished by another runner");
+                    break;
+                }
+                other => other?,
+            };
             let Some(started) = started else {
                 if !wait {
                     break;
                 }
-                // A synchronous rung waits for trials other workers run;
-                // take over those of workers that died meanwhile.
-                std::thread::sleep(std::time::Duration::from_millis(50));
-                self.rerun_orphans(on_trial)?;
+                // A synchronous rung waits for trials other workers run
+                // (backing off to 1 s); now and then, take over those of
+                // workers that died meanwhile.
+                waits += 1;
+                std::thread::sleep(std::time::Duration::from_millis((25 * u64::from(waits)).min(1000)));
+                if waits % 10 == 0 {
+                    self.rerun_orphans(on_trial)?;
+                }
                 continue;
             };
+            waits = 0;
             self.version = started.state_version;
             let (arch, budget) = asked.expect("a started trial was asked");
             let ev = self.evaluate_and_tell(started.trial_id, started.number, &arch, budget)?;

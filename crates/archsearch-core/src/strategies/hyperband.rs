@@ -44,8 +44,6 @@ struct State {
     /// The running bracket's `s`.
     s: usize,
     bracket: Bracket,
-    /// Brackets finished so far.
-    brackets: u64,
 }
 
 pub struct Hyperband {
@@ -61,7 +59,7 @@ impl Hyperband {
         let budgets = ladder(config.min_budget, config.max_budget, config.eta)?;
         let s_max = budgets.len() - 1;
         let bracket = bracket(&budgets, s_max, config.eta);
-        Ok(Hyperband { space, eta: config.eta, budgets, state: State { rng: Rng::seed_from_u64(seed), s: s_max, bracket, brackets: 0 } })
+        Ok(Hyperband { space, eta: config.eta, budgets, state: State { rng: Rng::seed_from_u64(seed), s: s_max, bracket } })
     }
 
     /// `(n, r)` of every bracket, `s = s_max` first.
@@ -95,7 +93,6 @@ impl Strategy for Hyperband {
         if let Some(job) = st.bracket.next(next_trial, &self.space, &mut st.rng) {
             return Ok(job);
         }
-        st.brackets += 1;
         st.s = if st.s == 0 { self.budgets.len() - 1 } else { st.s - 1 };
         st.bracket = bracket(&self.budgets, st.s, self.eta);
         Ok(st.bracket.next(next_trial, &self.space, &mut st.rng).expect("a new bracket starts a trial"))
