@@ -69,15 +69,21 @@ pub enum Job {
 ///
 /// Plain strategies implement [`Strategy::ask`] and [`Strategy::tell`];
 /// multi-fidelity ones (successive halving, Hyperband, ASHA) implement the
-/// job form ([`Strategy::ask_job`], [`Strategy::tell_job`],
-/// [`Strategy::max_budget`]), which is what the study runner calls.
+/// job form instead ([`Strategy::ask_job`], [`Strategy::tell_job`],
+/// [`Strategy::max_budget`]), which is what the study runner calls. Each
+/// form's defaults are written in terms of the other (or refuse), so a
+/// strategy implements exactly one of them.
 pub trait Strategy: Send {
     /// The strategy's name as configs and reports spell it.
     fn name(&self) -> &str;
     /// Proposes the next architecture to evaluate.
-    fn ask(&mut self) -> Result<Architecture, StrategyError>;
+    fn ask(&mut self) -> Result<Architecture, StrategyError> {
+        Err(StrategyError::Config(format!("`{}` asks for jobs with budgets (ask_job), not single architectures", self.name())))
+    }
     /// Reports the outcome of an architecture this strategy asked for.
-    fn tell(&mut self, arch: &Architecture, outcome: Outcome) -> Result<(), StrategyError>;
+    fn tell(&mut self, _arch: &Architecture, _outcome: Outcome) -> Result<(), StrategyError> {
+        Err(StrategyError::Config(format!("`{}` is told per job (tell_job)", self.name())))
+    }
     /// The next job, given the number the next new trial will get. The
     /// default starts a trial of [`Strategy::ask`] at the full budget.
     fn ask_job(&mut self, _next_trial: u64) -> Result<Job, StrategyError> {

@@ -103,12 +103,6 @@ impl Strategy for Asha {
     fn name(&self) -> &str {
         "asha"
     }
-    fn ask(&mut self) -> Result<Architecture, StrategyError> {
-        Err(StrategyError::Config("asha asks for jobs with budgets (ask_job)".into()))
-    }
-    fn tell(&mut self, _arch: &Architecture, _outcome: Outcome) -> Result<(), StrategyError> {
-        Err(StrategyError::Config("asha is told per job (tell_job)".into()))
-    }
     fn ask_job(&mut self, _next_trial: u64) -> Result<Job, StrategyError> {
         for k in (0..self.budgets.len() - 1).rev() {
             if let Some(e) = self.promotable(k) {

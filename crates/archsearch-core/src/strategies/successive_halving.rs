@@ -200,12 +200,6 @@ impl Strategy for SuccessiveHalving {
     fn name(&self) -> &str {
         "successive-halving"
     }
-    fn ask(&mut self) -> Result<Architecture, StrategyError> {
-        Err(StrategyError::Config("successive halving asks for jobs with budgets (ask_job)".into()))
-    }
-    fn tell(&mut self, _arch: &Architecture, _outcome: Outcome) -> Result<(), StrategyError> {
-        Err(StrategyError::Config("successive halving is told per job (tell_job)".into()))
-    }
     fn ask_job(&mut self, next_trial: u64) -> Result<Job, StrategyError> {
         let st = &mut self.state;
         if let Some(job) = st.bracket.next(next_trial, &self.space, &mut st.rng) {
