@@ -58,8 +58,11 @@ pub enum StrategyError {
 pub enum Job {
     /// Start a new trial of `arch`, evaluated up to `budget`.
     Start { arch: Architecture, budget: Option<u64> },
-    /// Continue the paused trial number `trial` (of `arch`) up to `budget`.
-    Resume { trial: u64, arch: Architecture, budget: u64 },
+    /// Continue the paused trial number `trial` up to `budget`. The job
+    /// names the trial only: its architecture is the one its `Start` asked
+    /// for, which the runner reads back from its records (strategies keep
+    /// trial numbers, not architectures, so their state stays small).
+    Resume { trial: u64, budget: u64 },
     /// Nothing can start until an evaluation in flight is told (a
     /// synchronous rung waiting for its last trials).
     Wait,
@@ -89,8 +92,10 @@ pub trait Strategy: Send {
     fn ask_job(&mut self, _next_trial: u64) -> Result<Job, StrategyError> {
         Ok(Job::Start { arch: self.ask()?, budget: None })
     }
-    /// Reports the outcome of trial `trial` evaluated up to `budget`; returns
-    /// the paused trials the strategy prunes now (they will never resume).
+    /// Reports the outcome of trial `trial` (of architecture `arch`, for a
+    /// resumed trial the one it started with) evaluated up to `budget`;
+    /// returns the paused trials the strategy prunes now (they will never
+    /// resume).
     fn tell_job(&mut self, _trial: u64, arch: &Architecture, _budget: Option<u64>, outcome: Outcome) -> Result<Vec<u64>, StrategyError> {
         self.tell(arch, outcome)?;
         Ok(Vec::new())

@@ -46,15 +46,41 @@ impl Reporter for NoReport {
     fn report(&mut self, _step: u64, _value: f64) {}
 }
 
+/// Whom a checkpoint belongs to. Every checkpoint carries one, and loading
+/// checks it: a checkpoint whose fingerprint differs (another study of the
+/// same name, another trial, another architecture, another config) is never
+/// used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    /// The study's unique id (made when the study is created).
+    pub study: String,
+    /// `trial-N` or `member-N`.
+    pub owner: String,
+    /// The canonical architecture.
+    pub arch: String,
+    /// A hash of everything in the config that shapes the weights (the
+    /// network, the fidelity, the optimiser, the data); the task fills it in.
+    pub config: String,
+}
+
+/// Where a trial keeps its checkpoints, and whose they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSlot {
+    /// The trial's own folder (`STORE.ckpt/STUDY/trial-N/`), kept across crashes.
+    pub dir: std::path::PathBuf,
+    /// The fingerprint without `config` (the task adds its own).
+    pub fingerprint: Fingerprint,
+}
+
 /// What an evaluation knows about the trial it runs for.
 pub struct TrialContext<'a> {
     /// The trial's number in its study.
     pub number: u64,
     /// The trial's seed (weights, data order, augmentation).
     pub seed: u64,
-    /// A folder for this trial's checkpoints, kept across crashes; `None`
-    /// when nothing should be checkpointed.
-    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Where this trial's checkpoints go; `None` when nothing should be
+    /// checkpointed.
+    pub checkpoint: Option<CheckpointSlot>,
     /// Where intermediate values go.
     pub reporter: &'a mut dyn Reporter,
     /// The budget (steps of the task's fidelity axis, e.g. epochs) to
@@ -67,7 +93,7 @@ pub struct TrialContext<'a> {
 impl<'a> TrialContext<'a> {
     /// A context that checkpoints nothing and drops intermediate values.
     pub fn detached(number: u64, seed: u64, reporter: &'a mut dyn Reporter) -> Self {
-        TrialContext { number, seed, checkpoint_dir: None, reporter, budget: None }
+        TrialContext { number, seed, checkpoint: None, reporter, budget: None }
     }
 }
 
@@ -84,4 +110,15 @@ pub trait Task: Send + Sync {
     }
     /// Evaluates one architecture.
     fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError>;
+    /// What a failed evaluation of `arch` up to `budget` cost, given the wall
+    /// seconds it ran (a failure is charged what it consumed, so a cost
+    /// budget ends even when every trial fails). Default: those seconds.
+    fn failure_cost(&self, _arch: &Architecture, _budget: Option<u64>, seconds: f64) -> f64 {
+        seconds
+    }
+    /// Whether a `cost` budget can ever be spent: false for a task that
+    /// charges nothing per evaluation (a table with no cost).
+    fn charges_cost(&self) -> bool {
+        true
+    }
 }

@@ -79,6 +79,8 @@ pub struct TableTask {
     fidelities: Vec<(u64, usize)>,
     /// The budget of the search column, if it is on the fidelity axis.
     search_budget: Option<u64>,
+    /// The median of the cost column's finite values (what a failed query costs).
+    median_cost: Option<f64>,
     query: TableQuery,
 }
 
@@ -108,7 +110,15 @@ impl TableTask {
             r *= k as u64;
         }
         let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
-        let header = rdr.headers().map_err(|e| data_err(e.to_string()))?.clone();
+        let header = rdr.headers().map_err(|e| data_err(csv_message(&e)))?.clone();
+        if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
+            return Err(data_err("the file is empty: no header line".into()));
+        }
+        for (i, h) in header.iter().enumerate() {
+            if header.iter().skip(i + 1).any(|g| g == h) {
+                return Err(data_err(format!("line 1: column `{h}` appears twice in the header")));
+            }
+        }
         let arch_idx = header
             .iter()
             .position(|h| h == arch_column)
@@ -131,7 +141,7 @@ impl TableTask {
         let mut rows = HashMap::new();
         let mut values = Vec::new();
         for (i, record) in rdr.records().enumerate() {
-            let record = record.map_err(|e| data_err(e.to_string()))?;
+            let record = record.map_err(|e| data_err(csv_message(&e)))?;
             let line = record.position().map(|p| p.line()).unwrap_or(i as u64 + 2);
             let text = &record[arch_idx];
             let arch = space.parse_any(text).map_err(|e| data_err(format!("line {line}: {e}")))?;
@@ -149,7 +159,19 @@ impl TableTask {
         if rows.is_empty() {
             return Err(data_err("the table has no rows".into()));
         }
-        Ok(TableTask { space, radix, rows, columns, values, search, report, cost, cost_per_query: query.cost_per_query, fidelities, search_budget, query })
+        let median_cost = match cost {
+            None => None,
+            Some(c) => {
+                let n = columns.len();
+                let mut finite: Vec<f64> = values.iter().skip(c).step_by(n).copied().filter(|v| v.is_finite()).collect();
+                if finite.is_empty() {
+                    return Err(data_err(format!("cost column `{}` has no finite value", columns[c])));
+                }
+                finite.sort_by(f64::total_cmp);
+                Some(finite[finite.len() / 2])
+            }
+        };
+        Ok(TableTask { space, radix, rows, columns, values, search, report, cost, cost_per_query: query.cost_per_query, fidelities, search_budget, median_cost, query })
     }
 
     /// Number of architectures in the table.
@@ -219,6 +241,19 @@ impl TableTask {
     }
 }
 
+/// A CSV reader's error, led by the line it is about.
+fn csv_message(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { pos: Some(pos), expected_len, len } => {
+            format!("line {}: {len} fields, the header has {expected_len}", pos.line())
+        }
+        csv::ErrorKind::Utf8 { pos: Some(pos), err } => {
+            format!("line {}, field {}: not valid UTF-8", pos.line(), err.field() + 1)
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn key(radix: &[u64], arch: &Architecture) -> u64 {
     arch.choices.iter().zip(radix).map(|(&c, &r)| c as u64 * r).sum()
 }
@@ -238,17 +273,30 @@ impl Task for TableTask {
         let (column, cost) = self.column_at(ctx.budget)?;
         let row = self.row(arch).ok_or_else(|| TaskError::NotInTable(self.space.canonical(arch)))?;
         let value = row[column];
-        if !value.is_finite() {
-            return Err(TaskError::Failed(format!("`{}` is {value} for this architecture", self.columns[column])));
+        let row_cost = self.cost.map_or(0.0, |c| row[c]);
+        if !row_cost.is_finite() {
+            return Err(TaskError::Failed(format!("cost column `{}` is {row_cost} for this architecture", self.columns[self.cost.unwrap_or(0)])));
         }
-        if let Some(b) = ctx.budget {
+        if let Some(b) = ctx.budget.filter(|_| value.is_finite()) {
             ctx.reporter.report(b, value);
         }
+        // A NaN value is returned as it is: the trial fails, charged its cost,
+        // with its metrics (NaN included) kept.
         let mut metrics = BTreeMap::new();
         metrics.insert(self.columns[column].clone(), value);
         metrics.insert(self.columns[self.report].clone(), row[self.report]);
-        let cost = cost + self.cost.map_or(0.0, |c| row[c]);
-        Ok(Evaluation { value, metrics, cost })
+        Ok(Evaluation { value, metrics, cost: cost + row_cost })
+    }
+
+    /// A query that failed (not in the table, NaN cost) is charged the
+    /// query's cost, and the median of the cost column for its row's part.
+    fn failure_cost(&self, _arch: &Architecture, budget: Option<u64>, _seconds: f64) -> f64 {
+        let base = self.column_at(budget).map(|(_, c)| c).unwrap_or(self.cost_per_query);
+        base + self.median_cost.unwrap_or(0.0)
+    }
+
+    fn charges_cost(&self) -> bool {
+        self.cost_per_query > 0.0 || self.query.cost_per_step > 0.0 || self.median_cost.is_some_and(|c| c > 0.0)
     }
 }
 
@@ -324,11 +372,18 @@ mod tests {
             ("arch,acc\n\"a,a,a\",1\n000,1\n", "twice"),
             ("name,acc\n\"a,a,a\",1\n", "no architecture column"),
             ("arch,loss\n\"a,a,a\",1\n", "search column `acc`"),
+            ("arch,acc\n\"a,a,a\",1\n\"a,a,b\"\n", "line 3: 1 fields, the header has 2"),
+            ("arch,acc\n\"a,a,a\",1,7\n", "line 2: 3 fields, the header has 2"),
+            ("", "empty"),
+            ("arch,acc,acc\n\"a,a,a\",1,2\n", "column `acc` appears twice"),
+            ("arch,acc\n", "no rows"),
         ];
         for (csv, needle) in cases {
             let e = TableTask::from_reader("bad.csv", csv.as_bytes(), space(), "arch", q("acc", "acc")).err().unwrap();
             let msg = e.to_string();
             assert!(msg.starts_with("bad.csv:") && msg.contains(needle), "{csv:?}: {msg}");
         }
+        let e = TableTask::from_reader("bad.csv", &b"arch,acc\n\"a,a,a\",\xff\n"[..], space(), "arch", q("acc", "acc")).err().unwrap();
+        assert!(e.to_string().contains("line 2, field 2: not valid UTF-8"), "{e}");
     }
 }

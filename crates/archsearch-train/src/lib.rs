@@ -7,9 +7,11 @@
 //! * [`nets`] — networks built from architectures (macro chain, MLP, and the
 //!   fixed reference networks of the speed benchmark).
 //! * [`optim`] — SGD / Adam / AdamW with checkpointable state; schedules.
-//! * [`trainer`] — the loop, evaluation, safetensors checkpoints, resume.
+//! * [`trainer`] — the loop, evaluation, resume.
+//! * [`checkpoint`] — safetensors checkpoints fingerprinted with their owner.
 //! * [`TrainTask`] — all of it as an archsearch [`Task`] at one fidelity.
 
+pub mod checkpoint;
 pub mod data;
 pub mod nets;
 pub mod mixing;
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use archsearch_core::{Architecture, Space};
-use archsearch_tasks::{Evaluation, Task, TaskError, TrialContext};
+use archsearch_tasks::{Evaluation, Fingerprint, Task, TaskError, TrialContext};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -190,8 +192,61 @@ impl TrainTaskConfig {
         if !(self.optimizer.lr > 0.0) {
             return Err(TrainError::Config(format!("[task.optimizer] lr = {} must be > 0", self.optimizer.lr)));
         }
+        for (what, f) in std::iter::once(("proxy", &self.proxy)).chain(self.target.iter().map(|t| ("target", t))) {
+            self.check_size(what, f)?;
+        }
         Ok(())
     }
+
+    /// Refuses a network that cannot fit in memory: a rough upper bound on
+    /// the bytes of its weights, gradients and optimiser moments (the widest
+    /// layer squared, for every layer) against the machine's memory.
+    fn check_size(&self, what: &str, f: &Fidelity) -> Result<(), TrainError> {
+        let (base, layers): (f64, f64) = match &self.network {
+            NetConfig::Macro { channels, reductions, .. } => {
+                let doublings = reductions.as_ref().map_or(2, |r| r.len()) as i32;
+                (*channels as f64 * 2f64.powi(doublings) * 5.0, 32.0 * f.repeats as f64)
+            }
+            NetConfig::Nb201 { channels, cells } => (*channels as f64 * 4.0 * 3.0, (*cells as f64 * 3.0 + 2.0) * 6.0),
+            // MLP widths come from the space (checked per architecture when built).
+            NetConfig::Mlp | NetConfig::ReferenceCnn | NetConfig::ReferenceMlp => (1024.0, 4.0),
+        };
+        let widest = base * f.width;
+        let bytes = widest * widest * layers * 4.0 * 4.0;
+        let memory = physical_memory().unwrap_or(u64::MAX) as f64;
+        if !bytes.is_finite() || bytes > memory {
+            return Err(TrainError::Config(format!(
+                "[task.{what}] width = {}: the network would need about {:.1e} bytes, more than this machine's memory ({:.1e} bytes)",
+                f.width, bytes, memory
+            )));
+        }
+        Ok(())
+    }
+
+    /// A hash of everything that shapes the weights trained at `fidelity`:
+    /// the data and its split, augmentation, batch size, network, optimiser
+    /// and the fidelity itself (not where or how fast it runs).
+    pub fn weights_hash(&self, fidelity: &Fidelity) -> String {
+        let shaping = serde_json::json!({
+            "dataset": self.dataset,
+            "valid_fraction": self.valid_fraction,
+            "split_seed": self.split_seed,
+            "batch_size": self.batch_size,
+            "crop_pad": self.crop_pad,
+            "flip": self.flip,
+            "network": self.network,
+            "optimizer": self.optimizer,
+            "fidelity": fidelity,
+        });
+        format!("{:016x}", xxhash_rust::xxh3::xxh3_64(shaping.to_string().as_bytes()))
+    }
+}
+
+/// The machine's physical memory in bytes.
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf only reads system constants.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
 }
 
 /// A training task at one fidelity.
@@ -231,14 +286,23 @@ impl TrainTask {
         }
     }
 
+    /// The fingerprint of a checkpoint this task writes for `owner` of
+    /// study `study` training `arch`.
+    pub fn fingerprint(&self, study: &str, owner: String, arch: &Architecture) -> Fingerprint {
+        Fingerprint { study: study.to_string(), owner, arch: self.space.canonical(arch), config: self.config.weights_hash(&self.fidelity) }
+    }
+
     /// Trains `arch` (a network drawn from `seed`, or the checkpoint in
-    /// `dir` if there is one) up to epoch `until` of a `total`-epoch
-    /// schedule, at learning rate `lr` if given, checkpointing into `dir`.
+    /// `dir` if one there carries `fp`) up to epoch `until` of a
+    /// `total`-epoch schedule, at learning rate `lr` if given, checkpointing
+    /// into `dir`.
+    #[allow(clippy::too_many_arguments)]
     pub fn train_member(
         &self,
         arch: &Architecture,
         seed: u64,
         dir: &std::path::Path,
+        fp: &Fingerprint,
         until: usize,
         total: usize,
         lr: Option<f64>,
@@ -253,7 +317,7 @@ impl TrainTask {
         if let Some(lr) = lr {
             spec.optim.lr = lr;
         }
-        trainer::train(&model, &self.data, &spec, seed, Some(dir), &mut |_, _| {})
+        trainer::train(&model, &self.data, &spec, seed, Some((dir, fp)), &mut |_, _| {})
     }
 
     /// A freshly initialised network of `arch` as named CPU tensors, and the
@@ -313,7 +377,8 @@ impl Task for TrainTask {
             spec.schedule_epochs = Some(self.fidelity.epochs);
         }
         let reporter = &mut *ctx.reporter;
-        let result = trainer::train(&model, &self.data, &spec, ctx.seed, ctx.checkpoint_dir.as_deref(), &mut |epoch, acc| {
+        let slot = ctx.checkpoint.as_ref().map(|c| (c.dir.clone(), Fingerprint { config: self.config.weights_hash(&self.fidelity), ..c.fingerprint.clone() }));
+        let result = trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
             reporter.report(epoch as u64, acc)
         })
         .map_err(fail)?;

@@ -6,14 +6,17 @@
 //! `(seed, epoch)`, so a run resumed from the checkpoint of epoch `e` is the
 //! same as one that never stopped.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
+use archsearch_tasks::Fingerprint;
+
+use crate::checkpoint;
 use crate::data::{augment, Data, Split};
 use crate::nets::Model;
 use crate::optim::{OptimConfig, Optimizer};
@@ -71,69 +74,51 @@ pub fn evaluate(model: &Model, split: &Split, batch: i64) -> (f64, f64) {
     })
 }
 
-const CHECKPOINT: &str = "checkpoint.safetensors";
-
-/// The checkpoint file of a trial folder.
-pub fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join(CHECKPOINT)
-}
-
-fn save_checkpoint(dir: &Path, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
-    let mut named: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+fn save_checkpoint(dir: &Path, fp: &Fingerprint, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
+    let mut named: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
     named.extend(opt.named_state());
-    named.push(("meta.epoch".into(), Tensor::from(next_epoch as i64)));
-    named.push(("meta.step".into(), Tensor::from(opt.step)));
-    write_checkpoint(dir, named.into_iter().collect())
+    named.insert("meta.epoch".into(), Tensor::from(next_epoch as i64));
+    named.insert("meta.step".into(), Tensor::from(opt.step));
+    checkpoint::write(dir, &named, fp)
 }
 
-/// Writes named tensors as the checkpoint of `dir` (atomically: a temporary
-/// file renamed into place).
-pub fn write_checkpoint(dir: &Path, tensors: std::collections::BTreeMap<String, Tensor>) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))?;
-    let cpu: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.detach().to_device(tch::Device::Cpu))).collect();
-    let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
-    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, checkpoint_path(dir)).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.display())))
-}
-
-/// Reads the checkpoint of `dir` as named tensors.
-pub fn read_checkpoint(dir: &Path) -> Result<std::collections::BTreeMap<String, Tensor>, TrainError> {
-    let p = checkpoint_path(dir);
-    Ok(Tensor::read_safetensors(&p).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))?.into_iter().collect())
-}
-
-/// Loads a checkpoint into `model` and `opt`; returns the epoch to resume at.
-fn load_checkpoint(path: &Path, model: &Model, opt: &mut Optimizer) -> Result<usize, TrainError> {
-    let err = |m: String| TrainError::Checkpoint(format!("{}: {m}", path.display()));
-    let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path).map_err(|e| err(e.to_string()))?.into_iter().collect();
+/// Loads checkpoint tensors into `model` and `opt`; returns the epoch to
+/// resume at. Everything is checked before anything is copied, so a refused
+/// checkpoint leaves the model as it was.
+fn load_checkpoint(tensors: &BTreeMap<String, Tensor>, model: &Model, opt: &mut Optimizer) -> Result<usize, TrainError> {
+    let err = |m: String| TrainError::Checkpoint(m);
     let mut targets: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
     // Optimiser entries may be missing (a PBT child keeps only those whose
     // shapes match): those start at zero, as for a new parameter.
     targets.extend(opt.named_state().into_iter().filter(|(name, _)| tensors.contains_key(name)));
-    tch::no_grad(|| -> Result<(), TrainError> {
-        for (name, mut t) in targets {
-            let src = tensors.get(&name).ok_or_else(|| err(format!("no tensor `{name}`")))?;
-            if src.size() != t.size() {
-                return Err(err(format!("`{name}` has shape {:?}, the network needs {:?}", src.size(), t.size())));
-            }
-            t.copy_(src);
+    for (name, t) in &targets {
+        let src = tensors.get(name).ok_or_else(|| err(format!("no tensor `{name}`")))?;
+        if src.size() != t.size() {
+            return Err(err(format!("`{name}` has shape {:?}, the network needs {:?}", src.size(), t.size())));
         }
-        Ok(())
-    })?;
+    }
     let meta = |k: &str| tensors.get(k).map(|t| t.int64_value(&[])).ok_or_else(|| err(format!("no `{k}`")));
-    opt.step = meta("meta.step")?;
-    Ok(meta("meta.epoch")? as usize)
+    let (epoch, step) = (meta("meta.epoch")?, meta("meta.step")?);
+    tch::no_grad(|| {
+        for (name, mut t) in targets {
+            t.copy_(&tensors[&name]);
+        }
+    });
+    opt.step = step;
+    Ok(epoch as usize)
 }
 
-/// Trains `model` on `data`. With `checkpoint_dir`, resumes from its
-/// checkpoint if there is one and writes a new one after every epoch.
+/// Trains `model` on `data`. With a checkpoint folder and the fingerprint
+/// of its owner, resumes from the newest checkpoint there that carries that
+/// fingerprint (see [`checkpoint::load`]) and writes a new one after every
+/// epoch.
 /// `on_epoch(epoch, valid_accuracy)` is called after each epoch (1-based).
 pub fn train(
     model: &Model,
     data: &Data,
     spec: &RunSpec,
     seed: u64,
-    checkpoint_dir: Option<&Path>,
+    checkpoint_slot: Option<(&Path, &Fingerprint)>,
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<RunResult, TrainError> {
     let start = Instant::now();
@@ -144,11 +129,10 @@ pub fn train(
     };
     let mut opt = Optimizer::new(spec.optim.clone(), params);
     let mut first_epoch = 0;
-    if let Some(dir) = checkpoint_dir {
-        let p = checkpoint_path(dir);
-        if p.exists() {
-            first_epoch = load_checkpoint(&p, model, &mut opt)?;
-            tracing::info!(checkpoint = %p.display(), epoch = first_epoch, "resuming from checkpoint");
+    if let Some((dir, fp)) = checkpoint_slot {
+        if let Some(epoch) = checkpoint::load(dir, fp, &mut |t| load_checkpoint(t, model, &mut opt)) {
+            first_epoch = epoch;
+            tracing::info!(checkpoint = %dir.display(), epoch, "resuming from checkpoint");
         }
     }
     let n = data.train.len();
@@ -188,8 +172,8 @@ pub fn train(
         }
         (valid_acc, valid_loss) = evaluate(model, &data.valid, 1024);
         on_epoch(epoch + 1, valid_acc);
-        if let Some(dir) = checkpoint_dir {
-            save_checkpoint(dir, model, &opt, epoch + 1)?;
+        if let Some((dir, fp)) = checkpoint_slot {
+            save_checkpoint(dir, fp, model, &opt, epoch + 1)?;
         }
     }
     let test_accuracy = spec.evaluate_test.then(|| evaluate(model, &data.test, 1024).0);

@@ -58,6 +58,8 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
             let mut s = strategy.build(space, seed)?;
             let mut run = Run::default();
             let mut started = 0u64;
+            // Architectures by trial number (a resumed trial's is its own).
+            let mut archs: Vec<archsearch_core::Architecture> = Vec::new();
             // (budget, search value, report value) of the pick so far.
             let mut best: Option<(u64, f64, f64)> = None;
             let mut seen = std::collections::HashSet::new();
@@ -68,9 +70,13 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                 let (trial, arch, b) = match s.ask_job(started)? {
                     Job::Start { arch, budget } => {
                         started += 1;
+                        archs.push(arch.clone());
                         (started - 1, arch, budget)
                     }
-                    Job::Resume { trial, arch, budget } => (trial, arch, Some(budget)),
+                    Job::Resume { trial, budget } => {
+                        let arch = archs.get(trial as usize).cloned().ok_or_else(|| anyhow!("seed {seed}: resume of unknown trial {trial}"))?;
+                        (trial, arch, Some(budget))
+                    }
                     Job::Wait => return Err(anyhow!("seed {seed}: `{}` waited in a sequential replay", s.name())),
                 };
                 run.evaluations += 1;

@@ -37,9 +37,10 @@ pub struct StudySection {
     /// Seed of the strategy and of every trial.
     pub seed: u64,
     pub direction: Direction,
-    /// Budget in trials (queries).
+    /// Budget in trials (queries). Default: 100 when no `cost` is given.
     pub trials: Option<u64>,
-    /// Budget in (simulated) seconds of evaluation cost.
+    /// Budget in (simulated) seconds of evaluation cost; alone, it is the
+    /// only limit.
     pub cost: Option<f64>,
     /// Trials evaluated at once by this process, each in its own thread.
     /// Default: for training tasks, the machine's cores divided by the
@@ -48,12 +49,71 @@ pub struct StudySection {
     /// With more than one worker the order of tells, and so the trials of a
     /// stateful strategy, can differ between runs.
     pub workers: Option<usize>,
+    /// A trial whose process crashed this many times (killed, out of
+    /// memory, ...) fails with "crashed N times" instead of running again.
+    pub crash_limit: u32,
+    /// Seconds without a heartbeat after which a running trial's runner
+    /// counts as gone and another runner may take the trial over. Runners
+    /// beat from their own thread every fifth of this, however long an
+    /// epoch takes.
+    pub stale_after: f64,
 }
 
 impl Default for StudySection {
     fn default() -> Self {
-        StudySection { name: None, seed: 0, direction: Direction::Maximize, trials: Some(100), cost: None, workers: None }
+        StudySection {
+            name: None,
+            seed: 0,
+            direction: Direction::Maximize,
+            trials: None,
+            cost: None,
+            workers: None,
+            crash_limit: 3,
+            stale_after: 60.0,
+        }
     }
+}
+
+/// Most runners one process may start (each holds store connections and a
+/// thread; most machines have far fewer cores).
+pub const MAX_WORKERS: usize = 256;
+
+/// Checks a runner count against [`MAX_WORKERS`] and the open-file limit.
+pub fn check_workers(workers: usize) -> Result<()> {
+    if workers == 0 {
+        bail!("workers = 0: needs at least 1 worker");
+    }
+    if workers > MAX_WORKERS {
+        bail!("workers = {workers} is more than archsearch runs in one process ({MAX_WORKERS}); start several processes on the same study instead");
+    }
+    // Each runner holds two store connections (its own and its heartbeat's),
+    // each with the database, its WAL and its shared-memory file open.
+    let need = 6 * workers as u64 + 64;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && (limit.rlim_cur as u64) < need {
+        bail!(
+            "workers = {workers} needs about {need} open files, but this process may open {} (`ulimit -n`); lower `workers` or raise the limit",
+            limit.rlim_cur
+        );
+    }
+    Ok(())
+}
+
+/// Whether a study name is a plain folder name (it names the study's
+/// checkpoint folder, which must stay inside the store's).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        bail!(
+            "[study] name = {name:?}: a study name is letters, digits, `.`, `_` and `-`, not starting with `.` \
+             (it names the study's checkpoint folder)"
+        );
+    }
+    Ok(())
 }
 
 /// `[task]`: what evaluates an architecture.
@@ -149,6 +209,9 @@ impl Config {
             }
         }
         c.strategy = c.strategy.resolve();
+        if c.study.trials.is_none() && c.study.cost.is_none() {
+            c.study.trials = Some(100);
+        }
         if c.study.workers.is_none() {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             c.study.workers = Some(match &c.task {
@@ -161,11 +224,15 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        check_name(self.name())?;
         if self.study.trials.is_none() && self.study.cost.is_none() {
             bail!("[study] needs a budget: `trials` or `cost`");
         }
-        if self.study.workers == Some(0) {
-            bail!("[study] workers = 0: needs at least 1 worker");
+        if let Some(w) = self.study.workers {
+            check_workers(w).context("[study]")?;
+        }
+        if !(self.study.stale_after > 0.0 && self.study.stale_after.is_finite()) {
+            bail!("[study] stale_after = {}: must be a positive number of seconds", self.study.stale_after);
         }
         if self.study.trials == Some(0) {
             bail!("[study] trials = 0: the budget must be at least 1 trial");
@@ -201,6 +268,12 @@ impl Config {
             t.check(&space).context("[task]")?;
         }
         Ok(())
+    }
+
+    /// Checks everything that can be checked without reading data: the
+    /// space, the strategy, the budget and the task's settings.
+    pub fn check(&self) -> Result<()> {
+        self.validate()
     }
 
     /// The search space of the study.
@@ -279,5 +352,57 @@ impl Config {
     /// The resolved config as TOML, as stored with the study.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("configs serialise")
+    }
+}
+
+/// Fields a study may change between runs: its budget (raising it extends
+/// the study) and how it executes (runners, device). Everything else defines
+/// the study.
+const MAY_DIFFER: [&str; 4] = ["study.trials", "study.cost", "study.workers", "task.device"];
+
+/// The config a study that exists with `stored` runs with when `run` is
+/// given `file`: the stored one with the file's budget and execution
+/// settings. Any other difference is an error that lists every differing
+/// field with both values.
+pub fn reconcile(stored: &Config, file: &Config) -> Result<Config> {
+    let (a, b) = (toml::Value::try_from(stored)?, toml::Value::try_from(file)?);
+    let mut diffs = Vec::new();
+    diff("", &a, &b, &mut diffs);
+    let defining: Vec<&(String, String, String)> = diffs.iter().filter(|(k, _, _)| !MAY_DIFFER.contains(&k.as_str())).collect();
+    if !defining.is_empty() {
+        let lines: Vec<String> = defining.iter().map(|(k, s, f)| format!("  {k}: stored {s}, file {f}")).collect();
+        bail!(
+            "it was created with another config, and these fields differ:\n{}\nonly the budget (`trials`, `cost`) and `workers`/`device` may change; \
+             give the new config another `[study] name` or another store (`--study`)",
+            lines.join("\n")
+        );
+    }
+    let mut out = stored.clone();
+    out.study.trials = file.study.trials;
+    out.study.cost = file.study.cost;
+    out.study.workers = file.study.workers;
+    if let (TaskConfig::Train(o), TaskConfig::Train(f)) = (&mut out.task, &file.task) {
+        o.device = f.device;
+    }
+    Ok(out)
+}
+
+/// Every leaf that differs between two TOML trees, as `(path, a, b)`.
+fn diff(path: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<(String, String, String)>) {
+    use toml::Value::Table;
+    let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into());
+    match (a, b) {
+        (Table(x), Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => diff(&p, u, v, out),
+                    (u, v) => out.push((p, show(u), show(v))),
+                }
+            }
+        }
+        _ if a != b => out.push((path.to_string(), a.to_string(), b.to_string())),
+        _ => {}
     }
 }

@@ -7,6 +7,26 @@
 //! whatever the store already holds. [`bench`] replays strategies on tabular
 //! tasks for many seeds, in memory.
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed or full (`archsearch show X.db > /dev/full`).
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+    }};
+}
+
+/// `print!` that returns an error instead of panicking (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut o = std::io::stdout().lock();
+        write!(o, $($arg)*).and_then(|_| o.flush()).map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+    }};
+}
+
 pub mod bench;
 pub mod config;
 pub mod pbt;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use archsearch::bench::replay;
+use archsearch::{out, outln};
 use archsearch::config::{read_toml, Config};
 use archsearch::registry::StrategyConfig;
 use archsearch::report::{study_report, summary, table};
@@ -109,10 +110,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
     },
-    /// Measure the per-trial cost of ask + tell + store as a study grows.
+    /// Measure the per-trial cost of ask + tell + store as a study grows
+    /// (any strategy, on the NAS-Bench-201 table).
     BenchStore {
         #[arg(long, default_value_t = 100_000)]
         trials: u64,
+        /// The strategy (multi-fidelity ones use the table's 12/200-epoch axis).
+        #[arg(long, default_value = "evolution")]
+        strategy: String,
         /// Where to put the study (default: a temporary file).
         #[arg(long)]
         study: Option<PathBuf>,
@@ -208,9 +213,12 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Colours only on a terminal (not in CI logs or files).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("ARCHSEARCH_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     if let Err(e) = real_main(Cli::parse()) {
         eprintln!("error: {e:#}");
@@ -225,7 +233,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench(args),
         Command::ProxyCheck { config, study, device, workers, json } => proxy_check(config, study, device, workers, json),
         Command::Compare { config, variants, seeds, study, device, workers, json } => compare(config, variants, seeds, study, device, workers, json),
-        Command::BenchStore { trials, study } => bench_store(trials, study),
+        Command::BenchStore { trials, strategy, study } => bench_store(trials, &strategy, study),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
             let device = device.choice().resolve()?;
             archsearch::bench::train_speed(steps, batch, workers, &python, data_dir.as_deref(), device)
@@ -239,7 +247,7 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
     let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
     if let StrategyConfig::Pbt(p) = &config.strategy {
         archsearch::pbt::run_study(&config, p, &url, device, workers, quiet)?;
-        println!("store: {url}");
+        outln!("store: {url}")?;
         return Ok(());
     }
     let search = run_one(&config, &url, quiet, device, workers)?;
@@ -254,10 +262,10 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
     best.sort_by(|a, b| dir.fitness(b.value.unwrap()).total_cmp(&dir.fitness(a.value.unwrap())));
     let archs: Vec<String> = best.iter().take(top).map(|t| t.arch.clone()).collect();
     if let (false, Some(target)) = (archs.is_empty(), search.config.target_study(archs)) {
-        println!("\nretraining the best {} at the target fidelity (study `{}`)", target.study.trials.unwrap_or(0), target.name());
+        outln!("\nretraining the best {} at the target fidelity (study `{}`)", target.study.trials.unwrap_or(0), target.name())?;
         run_one(&target, &url, quiet, device, workers)?;
     }
-    println!("store: {url}");
+    outln!("store: {url}")?;
     Ok(())
 }
 
@@ -268,6 +276,9 @@ struct Finished {
 }
 
 fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<Finished> {
+    if let Some(w) = workers {
+        archsearch::config::check_workers(w).context("--workers")?;
+    }
     let store = archsearch_store::open(url)?;
     let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
     let mut study = match checkpoint_root(url) {
@@ -306,7 +317,7 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
     bar.finish_and_clear();
     let record = study.store().study(&study.record().name)?;
     let trials = study.store().trials(record.id)?;
-    print!("{}", summary(&study_report(&record, &trials, &[])));
+    out!("{}", summary(&study_report(&record, &trials, &[])))?;
     Ok(Finished { config: study.config().clone(), record, trials })
 }
 
@@ -323,17 +334,17 @@ fn proxy_check(config: PathBuf, study: Option<String>, device: Option<DeviceArg>
     let reports = archsearch::proxy::run(&config, &url, device.map(DeviceArg::choice), workers)?;
     if json {
         for r in &reports {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?)?;
         }
     } else {
-        println!("{:<24} {:<14} {:>6} {:>8} {:>8} {:>12} {:>8} {:>10}", "proxy", "target", "archs", "tau", "rho", "top-k overlap", "regret", "cost ratio");
+        outln!("{:<24} {:<14} {:>6} {:>8} {:>8} {:>12} {:>8} {:>10}", "proxy", "target", "archs", "tau", "rho", "top-k overlap", "regret", "cost ratio")?;
         for r in &reports {
-            println!(
+            outln!(
                 "{:<24} {:<14} {:>6} {:>8.3} {:>8.3} {:>8.3} (k={}) {:>8.2} {:>10.3}",
                 r.proxy, r.target, r.architectures, r.kendall_tau, r.spearman_rho, r.topk_overlap, r.k, r.regret, r.cost_ratio
-            );
+            )?;
         }
-        println!("wall time {:.1} s; store {url}", start.elapsed().as_secs_f64());
+        outln!("wall time {:.1} s; store {url}", start.elapsed().as_secs_f64())?;
     }
     Ok(())
 }
@@ -349,24 +360,22 @@ fn compare(config: PathBuf, variants: Vec<String>, seeds: u64, study: Option<Str
     let rows = archsearch::pbt::compare(&config, &variants, seeds, &url, device.map(DeviceArg::choice), workers)?;
     if json {
         for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?)?;
         }
     } else {
-        println!("{:<10} {:>18} {:>14} {:>12}", "variant", "test mean ± std", "member-epochs", "wall s/run");
+        outln!("{:<10} {:>18} {:>14} {:>12}", "variant", "test mean ± std", "member-epochs", "wall s/run")?;
         for r in &rows {
             let v = serde_json::to_value(r.variant)?;
-            println!("{:<10} {:>10.2} ± {:<5.2} {:>14} {:>12.0}", v.as_str().unwrap_or(""), r.mean, r.std, r.member_epochs, r.wall_seconds);
+            outln!("{:<10} {:>10.2} ± {:<5.2} {:>14} {:>12.0}", v.as_str().unwrap_or(""), r.mean, r.std, r.member_epochs, r.wall_seconds)?;
         }
-        println!("total wall time {:.0} s; store {url}", start.elapsed().as_secs_f64());
+        outln!("total wall time {:.0} s; store {url}", start.elapsed().as_secs_f64())?;
     }
     Ok(())
 }
 
 fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
-    if !url.contains("://") && !std::path::Path::new(url).exists() {
-        bail!("no study store at {url}");
-    }
-    let store = archsearch_store::open(url)?;
+    // Read-only: showing a store never creates, migrates or changes it.
+    let store = archsearch_store::open_read_only(url)?;
     let studies = match name {
         Some(n) => vec![store.study(n)?],
         None => store.studies()?,
@@ -376,9 +385,9 @@ fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
         let members = store.members(s.id)?;
         let r = study_report(s, &trials, &members);
         if json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?)?;
         } else {
-            print!("{}", table(&r));
+            out!("{}", table(&r))?;
         }
     }
     Ok(())
@@ -442,55 +451,58 @@ fn bench(a: BenchArgs) -> Result<()> {
             (None, Some(c)) => format!("simulated cost {c} ({} per step)", a.cost_per_step),
             (None, None) => unreachable!(),
         };
-        println!("{per_run} per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked", a.seeds, a.search_column, a.report_column);
+        outln!("{per_run} per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked", a.seeds, a.search_column, a.report_column)?;
         if let Some(l) = ladder.filter(|_| strategies.iter().any(|s| !s.budgets(space).unwrap_or_default().is_empty())) {
-            println!("multi-fidelity: budgets {}..{} (η = {:.3}) on {}", l.min_budget, l.max_budget, l.eta, fidelities.iter().map(|(b, c)| format!("{b}={c}")).collect::<Vec<_>>().join(", "));
+            outln!("multi-fidelity: budgets {}..{} (η = {:.3}) on {}", l.min_budget, l.max_budget, l.eta, fidelities.iter().map(|(b, c)| format!("{b}={c}")).collect::<Vec<_>>().join(", "))?;
         }
-        println!("{:<20} {:>16} {:>12} {:>10} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "evaluations", "cost", "wall s");
+        outln!("{:<20} {:>16} {:>12} {:>10} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "evaluations", "cost", "wall s")?;
     }
     let start = Instant::now();
     for s in &strategies {
         let r = replay(&task, s, budget, a.seeds)?;
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            outln!("{}", serde_json::to_string(&r)?)?;
         } else {
-            println!(
+            outln!(
                 "{:<20} {:>9.2} ± {:<4.2} {:>12.2} {:>10.1} {:>12.1} {:>10.0} {:>8.1}",
                 r.strategy, r.mean, r.std, r.search_mean, r.distinct, r.evaluations, r.cost, r.wall_seconds
-            );
+            )?;
         }
     }
     if !a.json {
-        println!("total wall time {:.1} s", start.elapsed().as_secs_f64());
+        outln!("total wall time {:.1} s", start.elapsed().as_secs_f64())?;
     }
     Ok(())
 }
 
-fn bench_store(trials: u64, path: Option<PathBuf>) -> Result<()> {
+fn bench_store(trials: u64, strategy: &str, path: Option<PathBuf>) -> Result<()> {
     let dir = tempfile_dir()?;
     let path = path.unwrap_or_else(|| dir.join("bench-store.db"));
-    let text = format!(
-        "[study]\nname = \"bench-store\"\ntrials = {trials}\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"evolution\"\n"
-    );
+    let text = format!("[study]\nname = \"bench-store\"\ntrials = {trials}\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
     let cfg_path = dir.join("bench-store.toml");
     std::fs::write(&cfg_path, text)?;
-    let config = Config::load(&cfg_path)?;
+    let mut config = Config::load(&cfg_path)?;
+    let (lo, hi) = (12, 200);
+    config.strategy = StrategyConfig::by_name(strategy, Some(archsearch::registry::Ladder { min_budget: lo, max_budget: hi, eta: hi as f64 / lo as f64 }))?;
+    config.check()?;
     let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?, None)?;
     let block = (trials / 10).max(1);
-    let clock = std::sync::Mutex::new((Instant::now(), Vec::new()));
-    println!("{:>10} {:>16}", "trials", "µs per trial");
-    study.run(&|ev| {
-        if (ev.number + 1) % block == 0 {
-            let mut c = clock.lock().unwrap();
+    let clock = std::sync::Mutex::new((Instant::now(), 0u64, Vec::new()));
+    outln!("{strategy}: {trials} trials on NAS-Bench-201, {}", path.display())?;
+    outln!("{:>12} {:>20}", "evaluations", "µs per evaluation")?;
+    study.run(&|_| {
+        let mut c = clock.lock().unwrap_or_else(|e| e.into_inner());
+        c.1 += 1;
+        if c.1 % block == 0 {
             let us = c.0.elapsed().as_secs_f64() * 1e6 / block as f64;
-            c.1.push(us);
-            println!("{:>10} {:>16.1}", ev.number + 1, us);
+            c.2.push(us);
+            let _ = outln!("{:>12} {:>20.1}", c.1, us);
             c.0 = Instant::now();
         }
     })?;
-    let per_trial = clock.into_inner().unwrap().1;
-    if let (Some(first), Some(last)) = (per_trial.first(), per_trial.last()) {
-        println!("last block / first block: {:.2}", last / first);
+    let (_, told, per_block) = clock.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let (Some(first), Some(last)) = (per_block.first(), per_block.last()) {
+        outln!("{told} evaluations; last block / first block: {:.2}", last / first)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -43,8 +43,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use archsearch_core::{Architecture, Rng, Space};
 use archsearch_store::{NewStudy, Storage};
 use archsearch_train::mixing::{self, Origin, ShrinkPerturb};
-use archsearch_train::trainer::{read_checkpoint, write_checkpoint};
-use archsearch_train::TrainTask;
+use archsearch_train::{checkpoint, TrainTask};
 use rand::seq::IndexedRandom;
 use rand::{Rng as _, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -189,6 +188,8 @@ pub struct Run<'a> {
     pub task: &'a TrainTask,
     pub store: &'a mut dyn Storage,
     pub study: i64,
+    /// The study's unique id, which every member checkpoint carries.
+    pub uid: String,
     pub seed: u64,
     pub workers: usize,
     /// Member checkpoints live in `root/member-ID/`.
@@ -215,6 +216,12 @@ fn member_dir(root: &Path, id: u64) -> PathBuf {
 impl Run<'_> {
     fn dir(&self, id: u64) -> PathBuf {
         member_dir(&self.root, id)
+    }
+
+    /// The checkpoint of member `m` (it must carry `m`'s fingerprint).
+    fn read_member(&self, m: &Member) -> Result<BTreeMap<String, tch::Tensor>> {
+        let fp = self.task.fingerprint(&self.uid, format!("member-{}", m.id), &m.arch);
+        checkpoint::read(&self.dir(m.id), &fp).ok_or_else(|| anyhow!("member {}: no usable checkpoint in {}", m.id, self.dir(m.id).display()))
     }
 
     fn initial_state(&self) -> State {
@@ -247,14 +254,15 @@ impl Run<'_> {
     /// Runs (or resumes) to the end; returns the best member.
     pub fn run(&mut self, on_step: &mut dyn FnMut(usize, &[Member])) -> Result<Outcome> {
         self.config.check()?;
-        let mut state = match self.store.strategy_state(self.study)? {
-            Some((_, bytes)) => serde_json::from_slice(&bytes).context("stored PBT state")?,
-            None => self.initial_state(),
+        let (_, log) = self.store.strategy_state(self.study, 0)?;
+        let mut state = match log.since {
+            archsearch_store::StateSince::Snapshot(bytes, _) if !bytes.is_empty() => serde_json::from_slice(&bytes).context("stored PBT state")?,
+            _ => self.initial_state(),
         };
         let steps = self.config.steps();
         while state.step < steps {
             let until = (state.step + 1) * self.config.interval;
-            train_all(self.task, &self.root, self.workers, self.config.epochs, &mut state.members, until);
+            train_all(self.task, &self.uid, &self.root, self.workers, self.config.epochs, &mut state.members, until);
             let step = state.step;
             let records: Vec<(u64, String)> =
                 state.members.iter().map(|m| (m.id, serde_json::to_string(&record(&self.space, m, step)).expect("member serialises"))).collect();
@@ -274,9 +282,10 @@ impl Run<'_> {
             .max_by(|a, b| a.fitness.unwrap().total_cmp(&b.fitness.unwrap()))
             .cloned()
             .ok_or_else(|| anyhow!("every member failed"))?;
+        let fp = self.task.fingerprint(&self.uid, format!("member-{}", best.id), &best.arch);
         let test = self
             .task
-            .train_member(&best.arch, best.seed, &self.dir(best.id), self.config.epochs, self.config.epochs, Some(best.lr), true)?
+            .train_member(&best.arch, best.seed, &self.dir(best.id), &fp, self.config.epochs, self.config.epochs, Some(best.lr), true)?
             .test_accuracy;
         Ok(Outcome { best, test_accuracy: test, member_epochs: self.config.population * self.config.epochs })
     }
@@ -317,7 +326,7 @@ impl Run<'_> {
             let p = state.members[top[rng.random_range(0..top.len())]].clone();
             (p.clone(), p)
         };
-        let fitter_ckpt = read_checkpoint(&self.dir(fitter.id))?;
+        let fitter_ckpt = self.read_member(&fitter)?;
         let (model, optim): (BTreeMap<_, _>, BTreeMap<_, _>) = fitter_ckpt.into_iter().partition(|(k, _)| !k.starts_with("optim."));
         let (mut arch, mut lr) = (fitter.arch.clone(), fitter.lr);
         let mut from_donor = vec![false; self.space.len()];
@@ -329,7 +338,7 @@ impl Run<'_> {
                 let donor = if v == Variant::NoMixing { fitter.clone() } else { donor };
                 let (a, mask) = self.space.mix(&fitter.arch, &donor.arch, self.config.mix_probability, rng);
                 (arch, from_donor) = (a, mask);
-                let donor_ckpt = read_checkpoint(&self.dir(donor.id))?;
+                let donor_ckpt = self.read_member(&donor)?;
                 let (fresh, trainable) = self.task.fresh_tensors(&arch, seed)?;
                 let mixed = mixing::mix(&fresh, &trainable, &model, &donor_ckpt, &from_donor, sp)?;
                 tensors = mixed.tensors;
@@ -380,7 +389,7 @@ impl Run<'_> {
             }
         }
         out.append(&mut tensors);
-        write_checkpoint(&self.dir(id), out)?;
+        checkpoint::write(&self.dir(id), &out, &self.task.fingerprint(&self.uid, format!("member-{id}"), &arch))?;
         let origin_of = |d: bool| match (d, v) {
             (false, _) => Origin::Copied,
             (true, Variant::Mutation) => Origin::Fresh,
@@ -405,7 +414,7 @@ impl Run<'_> {
 }
 
 /// Trains every member up to epoch `until`, `workers` at a time.
-fn train_all(task: &TrainTask, root: &Path, workers: usize, total: usize, members: &mut [Member], until: usize) {
+fn train_all(task: &TrainTask, uid: &str, root: &Path, workers: usize, total: usize, members: &mut [Member], until: usize) {
         let next = AtomicUsize::new(0);
         let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..workers.max(1))
@@ -415,8 +424,9 @@ fn train_all(task: &TrainTask, root: &Path, workers: usize, total: usize, member
                         loop {
                             let i = next.fetch_add(1, Ordering::SeqCst);
                             let Some(m) = members.get(i) else { break };
+                            let fp = task.fingerprint(uid, format!("member-{}", m.id), &m.arch);
                             let r = task
-                                .train_member(&m.arch, m.seed, &member_dir(root, m.id), until, total, Some(m.lr), false)
+                                .train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
                                 .map(|r| r.valid_accuracy)
                                 .map_err(|e| e.to_string());
                             out.push((i, r));
@@ -467,13 +477,34 @@ pub fn run_study(
     pbt.check().context("[strategy]")?;
     let crate::config::TaskConfig::Train(task_cfg) = &config.task else { bail!("[strategy] kind = \"pbt\" needs a training task") };
     let space = config.space()?;
-    let task = TrainTask::new(task_cfg, space.clone(), task_cfg.proxy.clone(), false, device)?;
     let mut store = archsearch_store::open(url)?;
+    // A study that exists must be this config's; everything is checked
+    // (and the data read) before a study row is written.
+    let config = match store.study(config.name()) {
+        Ok(rec) => {
+            let stored: crate::config::Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
+            crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists in {url}", rec.name))?
+        }
+        Err(archsearch_store::StoreError::NoStudy(_)) => config.clone(),
+        Err(e) => return Err(e.into()),
+    };
+    let task = TrainTask::new(task_cfg, space.clone(), task_cfg.proxy.clone(), false, device)?;
     let new = NewStudy { name: config.name().into(), config: config.to_toml(), seed: config.study.seed, direction: config.study.direction };
     let (record, _) = store.open_study(&new)?;
     let root = PathBuf::from(format!("{}.ckpt", url.strip_prefix("sqlite://").unwrap_or(url))).join(&record.name);
     let workers = workers.or(config.study.workers).unwrap_or(1).max(1);
-    let mut run = Run { config: pbt.clone(), space: space.clone(), task: &task, store: store.as_mut(), study: record.id, seed: record.seed, workers, root };
+    crate::config::check_workers(workers)?;
+    let mut run = Run {
+        config: pbt.clone(),
+        space: space.clone(),
+        task: &task,
+        store: store.as_mut(),
+        study: record.id,
+        uid: record.uid.clone(),
+        seed: record.seed,
+        workers,
+        root,
+    };
     let start = std::time::Instant::now();
     let out = run.run(&mut |step, members| {
         if !quiet {

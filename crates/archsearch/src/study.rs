@@ -15,13 +15,18 @@
 //! may still be resumed, but no new one starts. A `cost` budget stops
 //! everything.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use archsearch_core::{Architecture, Direction, Job, Outcome, Space, Strategy, TrialState};
-use archsearch_store::{Finish, Launch, NewStudy, NewTrial, Storage, StudyRecord, TrialRecord};
-use archsearch_tasks::{Reporter, Task, TrialContext};
+use archsearch_store::{
+    Finish, Launch, NewStudy, NewTrial, StateLog, StateSince, StateWrite, Storage, StoreError, StudyRecord, TrialRecord,
+};
+use archsearch_tasks::{CheckpointSlot, Fingerprint, Reporter, Task, TrialContext};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use archsearch_train::DeviceChoice;
@@ -30,13 +35,135 @@ use archsearch_train::DeviceChoice;
 struct StoreReporter<'a> {
     store: &'a mut dyn Storage,
     trial: i64,
-    error: Option<String>,
+    owner: &'a str,
+    error: Option<StoreError>,
 }
 
 impl Reporter for StoreReporter<'_> {
     fn report(&mut self, step: u64, value: f64) {
-        if let Err(e) = self.store.report(self.trial, step, value) {
-            self.error.get_or_insert(e.to_string());
+        if self.error.is_none() {
+            if let Err(e) = self.store.report(self.trial, self.owner, step, value) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+/// One operation on a strategy, as the state log records it: replaying the
+/// log on the last snapshot rebuilds the strategy's state exactly, since a
+/// strategy's asks and tells are deterministic given its state.
+#[derive(Debug, Serialize, Deserialize)]
+enum Op {
+    Ask { next: u64 },
+    Tell { trial: u64, arch: Architecture, budget: Option<u64>, outcome: LoggedOutcome },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum LoggedOutcome {
+    Complete(f64),
+    Pruned(Option<f64>),
+    Failed,
+}
+
+impl From<Outcome> for LoggedOutcome {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Complete { value } => LoggedOutcome::Complete(value),
+            Outcome::Pruned { value } => LoggedOutcome::Pruned(value),
+            Outcome::Failed => LoggedOutcome::Failed,
+        }
+    }
+}
+
+impl From<LoggedOutcome> for Outcome {
+    fn from(o: LoggedOutcome) -> Self {
+        match o {
+            LoggedOutcome::Complete(value) => Outcome::Complete { value },
+            LoggedOutcome::Pruned(value) => Outcome::Pruned { value },
+            LoggedOutcome::Failed => Outcome::Failed,
+        }
+    }
+}
+
+/// Applies one logged operation to a strategy.
+fn apply(strategy: &mut dyn Strategy, entry: &[u8]) -> Result<(), archsearch_store::CallbackError> {
+    match serde_json::from_slice::<Op>(entry)? {
+        Op::Ask { next } => {
+            strategy.ask_job(next)?;
+        }
+        Op::Tell { trial, arch, budget, outcome } => {
+            strategy.tell_job(trial, &arch, budget, outcome.into())?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings a strategy up to date with what the store says changed.
+fn catch_up(
+    strategy: &mut Box<dyn Strategy>,
+    build: &dyn Fn() -> Result<Box<dyn Strategy>>,
+    log: &StateLog,
+) -> Result<(), archsearch_store::CallbackError> {
+    let entries = match &log.since {
+        StateSince::Current => return Ok(()),
+        StateSince::Entries(e) => e,
+        StateSince::Snapshot(snapshot, e) => {
+            if snapshot.is_empty() {
+                *strategy = build().map_err(|e| format!("{e:#}"))?;
+            } else {
+                strategy.load_state(snapshot)?;
+            }
+            e
+        }
+    };
+    for e in entries {
+        apply(strategy.as_mut(), e)?;
+    }
+    Ok(())
+}
+
+/// What a transaction writes after `op`: the op as a log entry, or the whole
+/// state once the log has outgrown the last snapshot.
+fn state_write(strategy: &dyn Strategy, log: &StateLog, op: &Op) -> Result<StateWrite, archsearch_store::CallbackError> {
+    let entry = serde_json::to_vec(op)?;
+    if log.wants_snapshot(entry.len()) {
+        Ok(StateWrite::snapshot(strategy.save_state()?))
+    } else {
+        Ok(StateWrite { entry, snapshot: None })
+    }
+}
+
+/// The trial a runner is evaluating, for its heartbeat thread.
+#[derive(Default)]
+struct Beat {
+    current: Mutex<Option<(i64, Instant)>>,
+    stop: AtomicBool,
+}
+
+impl Beat {
+    fn set(&self, trial: Option<i64>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = trial.map(|t| (t, Instant::now()));
+    }
+
+    /// Beats for the current trial every `every` until stopped, on its own
+    /// connection, so that a trial's owner looks alive however long its
+    /// epochs are (and records what the attempt has cost so far).
+    fn run(&self, mut store: Box<dyn Storage>, owner: &str, every: Duration) {
+        let mut last = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20).min(every));
+            if last.elapsed() < every {
+                continue;
+            }
+            last = Instant::now();
+            let current = *self.current.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((trial, since)) = current {
+                match store.heartbeat(trial, owner, since.elapsed().as_secs_f64()) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(trial, "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat)"),
+                    Err(e) => tracing::warn!(trial, error = %e, "heartbeat failed"),
+                }
+            }
         }
     }
 }
@@ -63,7 +190,8 @@ impl Budget {
 pub struct Study {
     store: Box<dyn Storage>,
     record: StudyRecord,
-    /// The config the study runs with (the stored one when resuming).
+    /// The config the study runs with (the stored one when resuming, with
+    /// the file's budget and execution settings).
     config: Config,
     space: Space,
     task: Arc<dyn Task>,
@@ -92,48 +220,76 @@ pub struct TrialEvent {
 }
 
 impl Study {
-    /// Opens (or creates) the study of `config` in `store`. An existing study
-    /// is resumed with its *stored* config; the given one must then name the
-    /// same study.
-    pub fn open(config: &Config, mut store: Box<dyn Storage>, device: Option<DeviceChoice>) -> Result<Self> {
+    /// Opens (or creates) the study of `config` in `store`. Everything is
+    /// built and checked first (space, task and its data, strategy, budget
+    /// ladder), so a config error never writes a study row. An existing
+    /// study must have been created with the same config, except for its
+    /// budget (a larger `trials` or `cost` extends it) and execution
+    /// settings (`workers`, `device`); otherwise this is an error that lists
+    /// the fields that differ.
+    pub fn open(config: &Config, store: Box<dyn Storage>, device: Option<DeviceChoice>) -> Result<Self> {
+        Self::open_with(config, store, &|c| c.task(device))
+    }
+
+    /// [`Study::open`] with the task built by `make_task` from the config
+    /// the study runs with.
+    pub fn open_with(config: &Config, mut store: Box<dyn Storage>, make_task: &dyn Fn(&Config) -> Result<Arc<dyn Task>>) -> Result<Self> {
+        let existing = match store.study(config.name()) {
+            Ok(r) => Some(r),
+            Err(StoreError::NoStudy(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let run_config = match &existing {
+            None => config.clone(),
+            Some(rec) => {
+                let stored: Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
+                crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists", rec.name))?
+            }
+        };
+        let space = run_config.space()?;
+        let task = make_task(&run_config)?;
+        if run_config.study.cost.is_some() && run_config.study.trials.is_none() && !task.charges_cost() {
+            anyhow::bail!(
+                "[study] cost = {} is a budget this task never spends: it charges nothing per evaluation \
+                 (set `cost_per_query`, `cost_per_step` or `cost_column`, or budget in `trials`)",
+                run_config.study.cost.unwrap_or(0.0)
+            );
+        }
+        let build = {
+            let (s, sp) = (run_config.strategy.clone(), space.clone());
+            move |seed: u64| s.build(&sp, seed)
+        };
+        let ladder = run_config.strategy.budgets(&space)?;
+        for &b in &ladder {
+            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", run_config.strategy.name()))?;
+        }
+        build(run_config.study.seed)?;
+        // Everything checked: now the study may be written.
         let new = NewStudy {
             name: config.name().to_string(),
-            config: config.to_toml(),
-            seed: config.study.seed,
-            direction: config.study.direction,
+            config: run_config.to_toml(),
+            seed: run_config.study.seed,
+            direction: run_config.study.direction,
         };
         let (record, created) = store.open_study(&new)?;
-        let stored: Config = if created {
-            config.clone()
-        } else {
-            toml::from_str(&record.config).with_context(|| format!("stored config of study `{}`", record.name))?
-        };
-        if !created && stored.to_toml() != new.config {
-            tracing::warn!(study = %record.name, "the study exists with another config; resuming it with its stored config");
+        if !created && record.config != new.config {
+            // Only the budget can differ here (`reconcile` checked the rest).
+            store.set_config(record.id, &new.config)?;
+            tracing::info!(study = %record.name, trials = ?run_config.study.trials, cost = ?run_config.study.cost, "the study's budget changed");
         }
-        let space = stored.space()?;
-        let task = stored.task(device)?;
-        let mut strategy = stored.strategy.build(&space, record.seed)?;
-        let ladder = stored.strategy.budgets(&space)?;
-        for &b in &ladder {
-            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", stored.strategy.name()))?;
-        }
-        let mut version = 0;
-        if let Some((v, bytes)) = store.strategy_state(record.id)? {
-            strategy.load_state(&bytes).context("stored strategy state")?;
-            version = v;
-        }
-        let budget = Budget { trials: stored.study.trials, cost: stored.study.cost };
-        let token = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let mut strategy = build(record.seed)?;
+        let (version, log) = store.strategy_state(record.id, 0)?;
+        catch_up(&mut strategy, &|| build(record.seed), &log).map_err(|e| anyhow::anyhow!("stored strategy state: {e}"))?;
+        let budget = Budget { trials: run_config.study.trials, cost: run_config.study.cost };
         Ok(Study {
             store,
             record,
-            config: stored,
+            config: run_config,
             space,
             task,
             strategy,
             budget,
-            owner: archsearch_store::owner_id(token),
+            owner: archsearch_store::owner_id(rand::random()),
             version,
             checkpoint_root: None,
         })
@@ -142,13 +298,9 @@ impl Study {
     /// Another runner of the same study on its own store connection, sharing
     /// this one's task (and so its data): a worker of a pool.
     pub fn worker(&self, store: Box<dyn Storage>) -> Result<Study> {
-        let mut strategy = self.config.strategy.build(&self.space, self.record.seed)?;
-        let mut version = 0;
-        if let Some((v, bytes)) = store.strategy_state(self.record.id)? {
-            strategy.load_state(&bytes).context("stored strategy state")?;
-            version = v;
-        }
-        let token = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let mut strategy = self.build_strategy()?;
+        let (version, log) = store.strategy_state(self.record.id, 0)?;
+        catch_up(&mut strategy, &|| self.build_strategy(), &log).map_err(|e| anyhow::anyhow!("stored strategy state: {e}"))?;
         Ok(Study {
             store,
             record: self.record.clone(),
@@ -157,10 +309,14 @@ impl Study {
             task: self.task.clone(),
             strategy,
             budget: self.budget,
-            owner: archsearch_store::owner_id(token ^ 0x5851_F42D_4C95_7F2D),
+            owner: archsearch_store::owner_id(rand::random()),
             version,
             checkpoint_root: self.checkpoint_root.clone(),
         })
+    }
+
+    fn build_strategy(&self) -> Result<Box<dyn Strategy>> {
+        self.config.strategy.build(&self.space, self.record.seed)
     }
 
     /// The config the study runs with.
@@ -177,14 +333,13 @@ impl Study {
         on_trial: &(dyn Fn(&TrialEvent) + Sync),
     ) -> Result<()> {
         self.warn_if_no_checkpoints();
-        self.rerun_orphans(on_trial)?;
         let mut others = (1..workers).map(|_| self.worker(connect()?)).collect::<Result<Vec<_>>>()?;
         // A worker that fails stops the others (which may wait on its trial).
         let abort = AtomicBool::new(false);
         let abort = &abort;
         std::thread::scope(|scope| {
-            let handles: Vec<_> = others.iter_mut().map(|w| scope.spawn(move || w.run_loop(on_trial, abort))).collect();
-            let mine = self.run_loop(on_trial, abort);
+            let handles: Vec<_> = others.iter_mut().map(|w| scope.spawn(move || w.run_loop(on_trial, abort, false))).collect();
+            let mine = self.run_loop(on_trial, abort, true);
             let mut result = mine;
             for h in handles {
                 let r = h.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?;
@@ -224,8 +379,7 @@ impl Study {
     /// Runs until the budget is reached, calling `on_trial` after each trial.
     pub fn run(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
         self.warn_if_no_checkpoints();
-        self.rerun_orphans(on_trial)?;
-        self.run_loop(on_trial, &AtomicBool::new(false))?;
+        self.run_loop(on_trial, &AtomicBool::new(false), true)?;
         self.finish()
     }
 
@@ -247,26 +401,57 @@ impl Study {
         Ok(())
     }
 
-    /// Runs again, in place, the trials a dead process left RUNNING.
-    fn rerun_orphans(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync)) -> Result<()> {
-        for t in self.store.claim_orphans(self.record.id, &self.owner, 300.0)? {
+    /// Claims the trials whose runner died (or stopped beating) and runs them
+    /// again in place, except those that crashed their process
+    /// `crash_limit` times already: those fail.
+    fn rerun_orphans(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), beat: &Beat) -> Result<()> {
+        let limit = self.config.study.crash_limit;
+        for t in self.store.claim_orphans(self.record.id, &self.owner, self.config.study.stale_after)? {
             let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
-            tracing::info!(trial = t.number, attempt = t.attempts, "re-running a trial left unfinished");
-            let ev = self.evaluate_and_tell(t.id, t.number, &arch, t.step)?;
-            on_trial(&TrialEvent { resumed: true, ..ev });
+            let crashes = t.attempts.saturating_sub(1);
+            let ev = if crashes >= limit {
+                tracing::warn!(trial = t.number, crashes, "a trial crashed its process too often; failing it");
+                let finish = Finish {
+                    state: TrialState::Fail,
+                    value: None,
+                    metrics: Default::default(),
+                    cost: 0.0,
+                    error: Some(format!("crashed {crashes} times (`[study] crash_limit` = {limit})")),
+                };
+                self.tell(t.id, t.number, &arch, t.step, finish, Outcome::Failed)?
+            } else {
+                tracing::info!(trial = t.number, attempt = t.attempts, "re-running a trial left unfinished");
+                self.evaluate_and_tell(t.id, t.number, &arch, t.step, beat)?
+            };
+            if let Some(ev) = ev {
+                on_trial(&TrialEvent { resumed: true, ..ev });
+            }
         }
         Ok(())
     }
 
-    fn run_loop(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool) -> Result<()> {
-        let result = self.run_jobs(on_trial, abort);
+    fn run_loop(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool, claim_first: bool) -> Result<()> {
+        let beat = Beat::default();
+        let every = Duration::from_secs_f64((self.config.study.stale_after / 5.0).clamp(0.05, 30.0));
+        let connection = self.store.connect_again()?;
+        let owner = self.owner.clone();
+        let result = std::thread::scope(|scope| {
+            if let Some(store) = connection {
+                let (beat, owner) = (&beat, &owner);
+                scope.spawn(move || beat.run(store, owner, every));
+            }
+            let result = if claim_first { self.rerun_orphans(on_trial, &beat) } else { Ok(()) }
+                .and_then(|_| self.run_jobs(on_trial, abort, &beat));
+            beat.stop.store(true, Ordering::Relaxed);
+            result
+        });
         if result.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
         result
     }
 
-    fn run_jobs(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool) -> Result<()> {
+    fn run_jobs(&mut self, on_trial: &(dyn Fn(&TrialEvent) + Sync), abort: &AtomicBool, beat: &Beat) -> Result<()> {
         archsearch_rl::init_thread(1);
         let mut waits = 0u32;
         loop {
@@ -275,12 +460,14 @@ impl Study {
             }
             let mut asked = None;
             let mut wait = false;
+            let mut seen = self.version;
             let budget = self.budget;
             let (space, strategy, seed) = (&self.space, &mut self.strategy, self.record.seed);
-            let started = self.store.ask(self.record.id, self.version, &self.owner, &mut |stored, counts| {
-                if let Some(bytes) = stored {
-                    strategy.load_state(bytes)?;
-                }
+            let (config, store) = (&self.config, &mut self.store);
+            let build = || config.strategy.build(space, seed);
+            let started = store.ask(self.record.id, self.version, &self.owner, &mut |log, counts| {
+                catch_up(strategy, &build, log)?;
+                seen = log.version;
                 if budget.spent(counts) {
                     return Ok(None);
                 }
@@ -304,26 +491,28 @@ impl Study {
                             seed: trial_seed(seed, counts.started),
                             step: budget,
                         };
-                        asked = Some((arch, budget));
+                        asked = Some((Some(arch), budget));
                         Launch::New(trial)
                     }
-                    Job::Resume { trial, arch, budget } => {
-                        asked = Some((arch, Some(budget)));
+                    Job::Resume { trial, budget } => {
+                        asked = Some((None, Some(budget)));
                         Launch::Resume { number: trial, step: budget }
                     }
                 };
-                Ok(Some((strategy.save_state()?, launch)))
+                Ok(Some((state_write(strategy.as_ref(), log, &Op::Ask { next: counts.started })?, launch)))
             });
             let started = match started {
                 // Another process ended the study and pruned the trial this
                 // strategy (in a state it had not yet seen) wanted to resume.
-                Err(archsearch_store::StoreError::NotPaused(n, _)) => {
+                Err(StoreError::NotPaused(n, _)) => {
                     tracing::info!(trial = n, "the study was finished by another runner");
                     break;
                 }
                 other => other?,
             };
             let Some(started) = started else {
+                // Nothing written, but this runner's strategy caught up.
+                self.version = seen;
                 if !wait {
                     break;
                 }
@@ -331,33 +520,59 @@ impl Study {
                 // (backing off to 1 s); now and then, take over those of
                 // workers that died meanwhile.
                 waits += 1;
-                std::thread::sleep(std::time::Duration::from_millis((25 * u64::from(waits)).min(1000)));
+                std::thread::sleep(Duration::from_millis((25 * u64::from(waits)).min(1000)));
                 if waits % 10 == 0 {
-                    self.rerun_orphans(on_trial)?;
+                    self.rerun_orphans(on_trial, beat)?;
                 }
                 continue;
             };
             waits = 0;
             self.version = started.state_version;
             let (arch, budget) = asked.expect("a started trial was asked");
-            let ev = self.evaluate_and_tell(started.trial_id, started.number, &arch, budget)?;
-            on_trial(&ev);
+            // A resumed trial's architecture is the stored one.
+            let arch = match arch {
+                Some(a) => a,
+                None => {
+                    let t = self.store.trial(self.record.id, started.number)?;
+                    serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?
+                }
+            };
+            if let Some(ev) = self.evaluate_and_tell(started.trial_id, started.number, &arch, budget, beat)? {
+                on_trial(&ev);
+            }
         }
         Ok(())
     }
 
-    fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>) -> Result<TrialEvent> {
-        let mut reporter = StoreReporter { store: self.store.as_mut(), trial, error: None };
-        let mut ctx = TrialContext {
-            number,
-            seed: trial_seed(self.record.seed, number),
-            checkpoint_dir: self.checkpoint_root.as_ref().map(|r| r.join(format!("trial-{number}"))),
-            reporter: &mut reporter,
-            budget,
-        };
-        let result = self.task.evaluate(arch, &mut ctx);
-        if let Some(e) = reporter.error {
-            anyhow::bail!("trial {number}: recording an intermediate value failed: {e}");
+    /// Evaluates a trial this runner owns and tells its outcome. A panic in
+    /// the task fails the trial with its message; a failed trial is charged
+    /// what it consumed. `None`: the trial was taken over by another runner
+    /// meanwhile, and its result is dropped.
+    fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>, beat: &Beat) -> Result<Option<TrialEvent>> {
+        let checkpoint = self.checkpoint_root.as_ref().map(|root| CheckpointSlot {
+            dir: root.join(format!("trial-{number}")),
+            fingerprint: Fingerprint {
+                study: self.record.uid.clone(),
+                owner: format!("trial-{number}"),
+                arch: self.space.canonical(arch),
+                config: String::new(),
+            },
+        });
+        let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None };
+        let mut ctx = TrialContext { number, seed: trial_seed(self.record.seed, number), checkpoint, reporter: &mut reporter, budget };
+        beat.set(Some(trial));
+        let start = Instant::now();
+        let task = &self.task;
+        let result = catch_unwind(AssertUnwindSafe(|| task.evaluate(arch, &mut ctx)));
+        let seconds = start.elapsed().as_secs_f64();
+        beat.set(None);
+        match reporter.error {
+            Some(StoreError::NotOwner { owner, .. }) => {
+                tracing::warn!(trial = number, %owner, "another runner took this trial over; dropping this evaluation");
+                return Ok(None);
+            }
+            Some(e) => anyhow::bail!("trial {number}: recording an intermediate value failed: {e}"),
+            None => {}
         }
         let direction = self.record.direction;
         // Below the strategy's largest budget a trial pauses, to be resumed or pruned.
@@ -365,8 +580,11 @@ impl Study {
             (Some(b), Some(max)) => b >= max,
             _ => true,
         };
+        let failed = |error: String, metrics, cost| {
+            (Finish { state: TrialState::Fail, value: None, metrics, cost, error: Some(error) }, Outcome::Failed)
+        };
         let (finish, outcome) = match result {
-            Ok(ev) if ev.value.is_finite() => (
+            Ok(Ok(ev)) if ev.value.is_finite() => (
                 Finish {
                     state: if done { TrialState::Complete } else { TrialState::Paused },
                     value: Some(ev.value),
@@ -376,35 +594,44 @@ impl Study {
                 },
                 Outcome::Complete { value: direction.fitness(ev.value) },
             ),
-            Ok(ev) => (
-                Finish {
-                    state: TrialState::Fail,
-                    value: None,
-                    metrics: ev.metrics,
-                    cost: ev.cost,
-                    error: Some(format!("objective is {}", ev.value)),
-                },
-                Outcome::Failed,
-            ),
-            Err(e) => (
-                Finish { state: TrialState::Fail, value: None, metrics: Default::default(), cost: 0.0, error: Some(e.to_string()) },
-                Outcome::Failed,
-            ),
+            Ok(Ok(ev)) => failed(format!("the objective `{}` is {}", self.task.objective(), ev.value), ev.metrics, ev.cost),
+            Ok(Err(e)) => failed(e.to_string(), Default::default(), self.task.failure_cost(arch, budget, seconds)),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(|s| s.as_str())
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                failed(format!("the evaluation panicked: {message}"), Default::default(), self.task.failure_cost(arch, budget, seconds))
+            }
         };
         if let Some(e) = &finish.error {
             tracing::warn!(trial = number, error = %e, "trial failed");
         }
-        let strategy = &mut self.strategy;
+        self.tell(trial, number, arch, budget, finish, outcome)
+    }
+
+    /// Tells the store and the strategy how a trial ended, in one transaction.
+    fn tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>, finish: Finish, outcome: Outcome) -> Result<Option<TrialEvent>> {
+        let (space, strategy, seed, config) = (&self.space, &mut self.strategy, self.record.seed, &self.config);
+        let build = || config.strategy.build(space, seed);
         let mut pruned = 0;
-        self.version = self.store.tell(self.record.id, trial, self.version, &finish, &mut |stored| {
-            if let Some(bytes) = stored {
-                strategy.load_state(bytes)?;
-            }
+        let told = self.store.tell(self.record.id, trial, &self.owner, self.version, &finish, &mut |log| {
+            catch_up(strategy, &build, log)?;
             let prune = strategy.tell_job(number, arch, budget, outcome)?;
             pruned = prune.len();
-            Ok((strategy.save_state()?, prune))
-        })?;
-        Ok(TrialEvent { number, state: finish.state, value: finish.value, budget, resumed: false, pruned })
+            let op = Op::Tell { trial: number, arch: arch.clone(), budget, outcome: outcome.into() };
+            Ok((state_write(strategy.as_ref(), log, &op)?, prune))
+        });
+        match told {
+            Ok(v) => self.version = v,
+            Err(StoreError::NotOwner { owner, .. }) => {
+                tracing::warn!(trial = number, %owner, "another runner took this trial over; dropping this evaluation");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(TrialEvent { number, state: finish.state, value: finish.value, budget, resumed: false, pruned }))
     }
 }
 
@@ -431,4 +658,128 @@ pub fn best(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord
             Some(b) if !direction.better(t.value.unwrap(), b.value.unwrap()) => Some(b),
             _ => Some(t),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use archsearch_tasks::{Evaluation, TaskError};
+
+    /// Scores an architecture by its choices; panics or sleeps on request.
+    struct TestTask {
+        space: Space,
+        panic_on: Option<u64>,
+        sleep: Duration,
+    }
+
+    impl Task for TestTask {
+        fn space(&self) -> &Space {
+            &self.space
+        }
+        fn objective(&self) -> &str {
+            "score"
+        }
+        fn check_budget(&self, _budget: u64) -> Result<(), TaskError> {
+            Ok(())
+        }
+        fn evaluate(&self, arch: &Architecture, ctx: &mut TrialContext<'_>) -> Result<Evaluation, TaskError> {
+            if Some(ctx.number) == self.panic_on {
+                panic!("boom in trial {}", ctx.number);
+            }
+            std::thread::sleep(self.sleep);
+            let value = arch.choices.iter().enumerate().map(|(i, &c)| (c * (i + 1)) as f64).sum::<f64>() + ctx.budget.unwrap_or(0) as f64;
+            Ok(Evaluation { value, metrics: Default::default(), cost: 1.0 })
+        }
+    }
+
+    fn config(dir: &std::path::Path, extra_study: &str, strategy: &str) -> Config {
+        let p = dir.join("t.toml");
+        std::fs::write(&p, format!("[study]\nname = \"t\"\n{extra_study}\n[task]\nkind = \"nb201\"\n[strategy]\n{strategy}\n")).unwrap();
+        Config::load(&p).unwrap()
+    }
+
+    fn open(c: &Config, url: &str, panic_on: Option<u64>, sleep: Duration) -> Study {
+        let make = move |c: &Config| -> Result<Arc<dyn Task>> { Ok(Arc::new(TestTask { space: c.space()?, panic_on, sleep })) };
+        Study::open_with(c, archsearch_store::open(url).unwrap(), &make).unwrap()
+    }
+
+    #[test]
+    fn a_panicking_evaluation_fails_its_trial_and_the_study_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("s.db").to_str().unwrap().to_string();
+        let c = config(dir.path(), "trials = 5", "kind = \"random\"");
+        let mut study = open(&c, &url, Some(1), Duration::ZERO);
+        study.run(&|_| {}).unwrap();
+        let t = study.store().trials(study.record().id).unwrap();
+        assert_eq!(t.len(), 5);
+        assert_eq!(t[1].state, TrialState::Fail);
+        assert!(t[1].error.as_deref().unwrap().contains("panicked: boom in trial 1"), "{:?}", t[1].error);
+        assert!(t.iter().filter(|t| t.number != 1).all(|t| t.state == TrialState::Complete));
+    }
+
+    #[test]
+    fn a_trial_that_crashed_its_process_three_times_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("s.db").to_str().unwrap().to_string();
+        let c = config(dir.path(), "trials = 2", "kind = \"random\"");
+        let study = open(&c, &url, None, Duration::ZERO);
+        let id = study.record().id;
+        drop(study);
+        // Trial 0 is started by a process that dies, and claimed (and lost)
+        // by two more dead processes: three crashes.
+        let host = archsearch_store::hostname();
+        let dead = |n: u32| format!("{host}:{}@1:1", 999_999_000 + n);
+        let mut store = archsearch_store::open(&url).unwrap();
+        let launch = Launch::New(NewTrial { arch: "a".into(), arch_json: serde_json::to_string(&Space::nb201().sample(&mut <archsearch_core::Rng as rand::SeedableRng>::seed_from_u64(0))).unwrap(), seed: 1, step: None });
+        store.ask(id, 0, &dead(0), &mut |_, _| Ok(Some((StateWrite::snapshot(vec![]), launch.clone())))).unwrap();
+        for n in 1..3 {
+            assert_eq!(store.claim_orphans(id, &dead(n), 60.0).unwrap().len(), 1);
+        }
+        let mut study = open(&c, &url, None, Duration::ZERO);
+        study.run(&|_| {}).unwrap();
+        let t = study.store().trials(id).unwrap();
+        assert_eq!((t[0].state, t[0].attempts), (TrialState::Fail, 4));
+        assert!(t[0].error.as_deref().unwrap().contains("crashed 3 times"), "{:?}", t[0].error);
+        assert_eq!(t.len(), 2, "the study went on");
+    }
+
+    #[test]
+    fn a_slow_trial_keeps_beating_from_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("s.db").to_str().unwrap().to_string();
+        let c = config(dir.path(), "trials = 1\nstale_after = 0.25", "kind = \"random\"");
+        let mut study = open(&c, &url, None, Duration::from_millis(1200));
+        let id = study.record().id;
+        let probe = std::thread::spawn(move || {
+            let store = archsearch_store::open_read_only(&url).unwrap();
+            let mut ages = Vec::new();
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(350));
+                let t = store.trials(id).unwrap();
+                ages.push(archsearch_store::now() - t[0].heartbeat);
+            }
+            ages
+        });
+        study.run(&|_| {}).unwrap();
+        let ages = probe.join().unwrap();
+        assert!(ages.iter().all(|&a| a < 0.25), "heartbeat ages {ages:?} (stale after 0.25 s)");
+        assert_eq!(study.store().trials(id).unwrap()[0].attempts, 1);
+    }
+
+    /// A study reopened by another process rebuilds its strategy from the
+    /// snapshot and log to exactly the state the running process holds.
+    #[test]
+    fn a_reopened_study_rebuilds_the_same_strategy_state() {
+        for strategy in ["kind = \"evolution\"", "kind = \"reinforce-lstm\"", "kind = \"asha\"\nmin_budget = 1\nmax_budget = 9"] {
+            let dir = tempfile::tempdir().unwrap();
+            let url = dir.path().join("s.db").to_str().unwrap().to_string();
+            let c = config(dir.path(), "trials = 120", strategy);
+            let mut study = open(&c, &url, None, Duration::ZERO);
+            study.run(&|_| {}).unwrap();
+            let reopened = open(&c, &url, None, Duration::ZERO);
+            assert_eq!(reopened.strategy.save_state().unwrap(), study.strategy.save_state().unwrap(), "{strategy}");
+            let (_, log) = study.store().strategy_state(study.record().id, 0).unwrap();
+            assert!(log.log_bytes <= log.snapshot_bytes, "{strategy}: the log stays below the snapshot");
+        }
+    }
 }

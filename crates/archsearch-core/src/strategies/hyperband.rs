@@ -43,6 +43,8 @@ struct State {
     rng: Rng,
     /// The running bracket's `s`.
     s: usize,
+    /// The running bracket only: a finished one is dropped when the next
+    /// starts, so the state never grows past one bracket's trials.
     bracket: Bracket,
 }
 

@@ -71,11 +71,11 @@ pub(crate) fn keep(n: usize, eta: f64) -> usize {
     ((n as f64 / eta + 1e-9).floor() as usize).max(1)
 }
 
-/// One trial of a rung.
+/// One trial of a rung. Only the trial number: a resumed trial's
+/// architecture is the runner's to read back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     trial: u64,
-    arch: Architecture,
     /// `Some` once told (`None` inside: failed).
     told: Option<Option<f64>>,
     /// Asked at this rung's budget (for resumed entries).
@@ -84,6 +84,10 @@ struct Entry {
 
 /// One run of successive halving: `n` architectures over a budget ladder.
 /// Hyperband runs a sequence of these.
+///
+/// Its size is bounded by `n`: `entries` holds the trials of the current
+/// rung only (the survivors of the rung below), and a finished bracket is
+/// replaced by the next one, so nothing accumulates across rungs or brackets.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Bracket {
     budgets: Vec<u64>,
@@ -104,13 +108,13 @@ impl Bracket {
         let budget = self.budgets[self.rung];
         if self.rung == 0 && self.started < self.n {
             let arch = space.sample(rng);
-            self.entries.push(Entry { trial: next_trial, arch: arch.clone(), told: None, asked: true });
+            self.entries.push(Entry { trial: next_trial, told: None, asked: true });
             self.started += 1;
             return Some(Job::Start { arch, budget: Some(budget) });
         }
         if let Some(e) = self.entries.iter_mut().find(|e| !e.asked) {
             e.asked = true;
-            return Some(Job::Resume { trial: e.trial, arch: e.arch.clone(), budget });
+            return Some(Job::Resume { trial: e.trial, budget });
         }
         if self.finished() {
             None
@@ -226,7 +230,7 @@ impl Strategy for SuccessiveHalving {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::strategies::testing::{run_sequential, score};
+    use crate::strategies::testing::{continue_sequential, run_sequential, score};
 
     #[test]
     fn ladders_are_geometric_and_end_at_the_max() {
@@ -256,8 +260,12 @@ mod tests {
         ranked.sort_by(|a, b| score(&log.archs[*b as usize]).total_cmp(&score(&log.archs[*a as usize])).then(a.cmp(b)));
         assert_eq!(rung3, ranked[..9].to_vec());
         // The next bracket starts fresh at the bottom.
-        let next = run_sequential(&mut sh, 1, &score);
-        assert_eq!(next.jobs[0].1, 1);
+        let mut next = log.clone();
+        continue_sequential(&mut sh, &mut next, 1, &score);
+        assert_eq!(next.jobs[log.jobs.len()], (log.archs.len() as u64, 1, false));
+        // The finished bracket left nothing behind: the state holds the new
+        // bracket's one trial.
+        assert_eq!((sh.state.bracket.rung, sh.state.bracket.entries.len()), (0, 1));
     }
 
     #[test]
@@ -278,7 +286,7 @@ mod tests {
         assert_eq!(sh.ask_job(3).unwrap(), Job::Wait);
         let pruned = sh.tell_job(2, &asked[2].1, Some(1), Outcome::Complete { value: 1.0 }).unwrap();
         assert_eq!(pruned, vec![2]);
-        assert_eq!(sh.ask_job(3).unwrap(), Job::Resume { trial: 0, arch: a0.clone(), budget: 3 });
+        assert_eq!(sh.ask_job(3).unwrap(), Job::Resume { trial: 0, budget: 3 });
         assert!(sh.tell_job(2, &asked[2].1, Some(3), Outcome::Complete { value: 1.0 }).is_err(), "a pruned trial cannot be told");
     }
 
@@ -287,14 +295,13 @@ mod tests {
         let space = Space::sequence(6, 5);
         let cfg = Config { min_budget: 1, max_budget: 9, eta: 3.0, n: None };
         let mut a = SuccessiveHalving::new(space.clone(), cfg.clone(), 3).unwrap();
-        run_sequential(&mut a, 10, &score);
+        let mut a_log = run_sequential(&mut a, 10, &score);
         let mut b = SuccessiveHalving::new(space, cfg, 99).unwrap();
         b.load_state(&a.save_state().unwrap()).unwrap();
-        let mut a2 = run_sequential(&mut a, 20, &score);
-        let mut b2 = run_sequential(&mut b, 20, &score);
-        // The logs number new trials from 0; only the order matters here.
-        a2.archs.clear();
-        b2.archs.clear();
-        assert_eq!(format!("{a2:?}"), format!("{b2:?}"));
+        let mut b_log = a_log.clone();
+        continue_sequential(&mut a, &mut a_log, 20, &score);
+        continue_sequential(&mut b, &mut b_log, 20, &score);
+        assert!(a_log.jobs[10..].iter().any(|j| j.2), "the continuation resumes trials of the first part");
+        assert_eq!(format!("{a_log:?}"), format!("{b_log:?}"));
     }
 }

@@ -1,0 +1,269 @@
+//! Checkpoints that belong to exactly one trial or population member.
+//!
+//! A checkpoint is a safetensors file of named tensors (weights, buffers,
+//! optimiser state, `meta.*` counters) whose header metadata carries the
+//! [`Fingerprint`] of its owner: the study's unique id, `trial-N` or
+//! `member-N`, the canonical architecture and a hash of the config that
+//! shapes the weights. PyTorch reads it as any safetensors file
+//! (`safe_open(path).metadata()` shows the fingerprint).
+//!
+//! Writing is atomic and keeps the previous checkpoint: the new file is
+//! written beside, the current one becomes `checkpoint.prev.safetensors`,
+//! and the new one takes its place. Loading takes the newest checkpoint that
+//! is readable and carries the expected fingerprint; any other file is moved
+//! into `stale/` beside it with a warning naming it, and never used. With no
+//! usable checkpoint, training starts from scratch.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use archsearch_tasks::Fingerprint;
+use safetensors::tensor::{Dtype, View};
+use tch::{Kind, Tensor};
+
+use crate::TrainError;
+
+/// The current checkpoint of a folder.
+pub const FILE: &str = "checkpoint.safetensors";
+/// The one before it (the fallback when the current one is unreadable).
+pub const PREVIOUS: &str = "checkpoint.prev.safetensors";
+const TEMPORARY: &str = "checkpoint.safetensors.tmp";
+/// Where unusable checkpoints are moved.
+pub const STALE: &str = "stale";
+
+/// The metadata keys of a fingerprint.
+const KEYS: [&str; 4] = ["archsearch.study", "archsearch.owner", "archsearch.arch", "archsearch.config"];
+
+fn to_metadata(fp: &Fingerprint) -> HashMap<String, String> {
+    let values = [&fp.study, &fp.owner, &fp.arch, &fp.config];
+    KEYS.iter().zip(values).map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn from_metadata(m: &HashMap<String, String>) -> Option<Fingerprint> {
+    let get = |k: &str| m.get(k).cloned();
+    Some(Fingerprint { study: get(KEYS[0])?, owner: get(KEYS[1])?, arch: get(KEYS[2])?, config: get(KEYS[3])? })
+}
+
+/// A CPU, contiguous tensor as safetensors sees it.
+struct CpuView {
+    tensor: Tensor,
+    shape: Vec<usize>,
+    dtype: Dtype,
+}
+
+impl CpuView {
+    fn new(name: &str, t: &Tensor) -> Result<Self, TrainError> {
+        let tensor = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let dtype = match tensor.kind() {
+            Kind::Bool => Dtype::BOOL,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Int8 => Dtype::I8,
+            Kind::Int16 => Dtype::I16,
+            Kind::Int => Dtype::I32,
+            Kind::Int64 => Dtype::I64,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Float => Dtype::F32,
+            Kind::Double => Dtype::F64,
+            k => return Err(TrainError::Checkpoint(format!("tensor `{name}` has a kind safetensors cannot hold ({k:?})"))),
+        };
+        let shape = tensor.size().iter().map(|&d| d as usize).collect();
+        Ok(CpuView { tensor, shape, dtype })
+    }
+}
+
+impl View for &CpuView {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        let mut data = vec![0u8; self.data_len()];
+        let numel = self.tensor.numel();
+        self.tensor.copy_data_u8(&mut data, numel);
+        data.into()
+    }
+    fn data_len(&self) -> usize {
+        self.tensor.numel() * self.tensor.kind().elt_size_in_bytes()
+    }
+}
+
+/// Writes `tensors` as the checkpoint of `dir`, owned by `fp` (atomically,
+/// keeping the previous checkpoint as the fallback).
+pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -> Result<(), TrainError> {
+    let err = |p: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
+    let views: Vec<(&str, CpuView)> = tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
+    let tmp = dir.join(TEMPORARY);
+    safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), &Some(to_metadata(fp)), &tmp).map_err(|e| err(&tmp, &e))?;
+    let (current, previous) = (dir.join(FILE), dir.join(PREVIOUS));
+    if current.exists() {
+        std::fs::rename(&current, &previous).map_err(|e| err(&current, &e))?;
+    }
+    std::fs::rename(&tmp, &current).map_err(|e| err(&tmp, &e))
+}
+
+/// The fingerprint in a checkpoint's header (read without the tensors).
+pub fn fingerprint(path: &Path) -> Result<Option<Fingerprint>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| "truncated header".to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(format!("header of {len} bytes: not a safetensors file"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|_| "truncated header".to_string())?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| format!("unreadable header: {e}"))?;
+    let meta: HashMap<String, String> = match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| format!("unreadable metadata: {e}"))?,
+        None => HashMap::new(),
+    };
+    Ok(from_metadata(&meta))
+}
+
+/// Reads every tensor of a checkpoint file (checking that it is whole).
+pub fn read_file(path: &Path) -> Result<BTreeMap<String, Tensor>, TrainError> {
+    Ok(Tensor::read_safetensors(path).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?.into_iter().collect())
+}
+
+/// Moves an unusable checkpoint into `stale/` beside it; returns where.
+fn move_aside(path: &Path) -> Option<PathBuf> {
+    let dir = path.parent()?.join(STALE);
+    std::fs::create_dir_all(&dir).ok()?;
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let to = dir.join(format!("{}.{stamp}", path.file_name()?.to_string_lossy()));
+    std::fs::rename(path, &to).ok()?;
+    Some(to)
+}
+
+fn set_aside(path: &Path, why: &str) {
+    match move_aside(path) {
+        Some(to) => tracing::warn!(checkpoint = %path.display(), moved_to = %to.display(), "{why}: not used, moved aside"),
+        None => {
+            let _ = std::fs::remove_file(path);
+            tracing::warn!(checkpoint = %path.display(), "{why}: not used, removed");
+        }
+    }
+}
+
+/// Loads the newest usable checkpoint of `dir` that belongs to `fp`:
+/// `accept` gets its tensors and returns what the caller needs, or an error
+/// if the tensors do not fit (they must be checked before anything is
+/// changed). Every file found unusable on the way (another owner, no
+/// fingerprint, truncated, unreadable, not fitting) is moved aside with a
+/// warning. `None`: no usable checkpoint, start from scratch.
+pub fn load<T>(
+    dir: &Path,
+    fp: &Fingerprint,
+    accept: &mut dyn FnMut(&BTreeMap<String, Tensor>) -> Result<T, TrainError>,
+) -> Option<T> {
+    for name in [FILE, PREVIOUS] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        match fingerprint(&path) {
+            Err(e) => {
+                set_aside(&path, &format!("unreadable checkpoint ({e})"));
+                continue;
+            }
+            Ok(None) => {
+                set_aside(&path, "checkpoint without a fingerprint (from an older archsearch or another program)");
+                continue;
+            }
+            Ok(Some(found)) if &found != fp => {
+                let what = if found.study != fp.study {
+                    format!("checkpoint of another study (id {}, not {})", found.study, fp.study)
+                } else if found.owner != fp.owner {
+                    format!("checkpoint of {}, not {}", found.owner, fp.owner)
+                } else if found.arch != fp.arch {
+                    format!("checkpoint of architecture `{}`, not `{}`", found.arch, fp.arch)
+                } else {
+                    "checkpoint made with another network, fidelity, optimiser or data config".to_string()
+                };
+                set_aside(&path, &what);
+                continue;
+            }
+            Ok(Some(_)) => {}
+        }
+        let accepted = read_file(&path).and_then(|t| accept(&t));
+        match accepted {
+            Ok(v) => return Some(v),
+            Err(e) => set_aside(&path, &format!("unusable checkpoint ({e})")),
+        }
+    }
+    None
+}
+
+/// Reads the newest usable checkpoint of `dir` that belongs to `fp`, as
+/// named tensors (see [`load`]).
+pub fn read(dir: &Path, fp: &Fingerprint) -> Option<BTreeMap<String, Tensor>> {
+    load(dir, fp, &mut |t| Ok(t.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(owner: &str) -> Fingerprint {
+        Fingerprint { study: "s1".into(), owner: owner.into(), arch: "a,b".into(), config: "c".into() }
+    }
+
+    fn tensors(x: f32) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("w".to_string(), Tensor::from_slice(&[x, x + 1.0])), ("meta.epoch".to_string(), Tensor::from(3i64))])
+    }
+
+    fn value(t: &BTreeMap<String, Tensor>) -> f64 {
+        t["w"].double_value(&[0])
+    }
+
+    #[test]
+    fn a_checkpoint_is_read_back_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &tensors(1.0), &fp("trial-0")).unwrap();
+        assert_eq!(fingerprint(&dir.path().join(FILE)).unwrap(), Some(fp("trial-0")));
+        assert_eq!(read(dir.path(), &fp("trial-0")).map(|t| value(&t)), Some(1.0));
+        // Another owner: never used, moved aside with both files.
+        write(dir.path(), &tensors(2.0), &fp("trial-0")).unwrap();
+        assert!(read(dir.path(), &fp("trial-1")).is_none());
+        assert!(!dir.path().join(FILE).exists() && !dir.path().join(PREVIOUS).exists());
+        assert_eq!(std::fs::read_dir(dir.path().join(STALE)).unwrap().count(), 2);
+        for changed in [
+            Fingerprint { study: "s2".into(), ..fp("trial-0") },
+            Fingerprint { arch: "b,b".into(), ..fp("trial-0") },
+            Fingerprint { config: "d".into(), ..fp("trial-0") },
+        ] {
+            write(dir.path(), &tensors(1.0), &fp("trial-0")).unwrap();
+            assert!(read(dir.path(), &changed).is_none(), "{changed:?}");
+        }
+    }
+
+    /// A truncated checkpoint falls back to the previous one, then to scratch.
+    #[test]
+    fn a_truncated_checkpoint_falls_back_to_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &tensors(1.0), &fp("trial-0")).unwrap();
+        write(dir.path(), &tensors(2.0), &fp("trial-0")).unwrap();
+        let cur = dir.path().join(FILE);
+        let bytes = std::fs::read(&cur).unwrap();
+        std::fs::write(&cur, &bytes[..bytes.len() - 3]).unwrap();
+        assert_eq!(read(dir.path(), &fp("trial-0")).map(|t| value(&t)), Some(1.0));
+        std::fs::write(dir.path().join(FILE), b"garbage").unwrap();
+        std::fs::write(dir.path().join(PREVIOUS), b"").unwrap();
+        assert!(read(dir.path(), &fp("trial-0")).is_none());
+    }
+
+    /// A checkpoint whose tensors do not fit is set aside, not half-loaded.
+    #[test]
+    fn a_refused_checkpoint_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &tensors(1.0), &fp("trial-0")).unwrap();
+        let got: Option<()> = load(dir.path(), &fp("trial-0"), &mut |_| Err(TrainError::Checkpoint("shape".into())));
+        assert!(got.is_none() && !dir.path().join(FILE).exists());
+    }
+}
