@@ -119,7 +119,7 @@ impl Ppo {
     pub fn new(name: &str, space: &Space, config: Config, seed: u64) -> Result<Self, StrategyError> {
         let controller = config.controller();
         controller.check()?;
-        if config.batch_size == 0 || config.epochs == 0 || !(config.clip > 0.0) {
+        if config.batch_size == 0 || config.epochs == 0 || config.clip.is_nan() || config.clip <= 0.0 {
             return Err(StrategyError::Config("needs `batch_size` >= 1, `epochs` >= 1 and `clip` > 0".into()));
         }
         let mut rng = Rng::seed_from_u64(seed);
@@ -200,8 +200,7 @@ mod tests {
     fn ppo_learns_one_max() {
         for (kind, lr) in [(PolicyKind::Independent, 0.05), (PolicyKind::Lstm, 0.01)] {
             let space = Space::sequence(6, 4);
-            let mut cfg = Config::default();
-            cfg.learning_rate = Some(lr);
+            let cfg = Config { learning_rate: Some(lr), ..Config::default() };
             let mut s = Ppo::new("p", &space, cfg.resolve(kind), 0).unwrap();
             let score = |a: &Architecture| a.choices.iter().filter(|&&c| c == 0).count() as f64;
             for _ in 0..400 {

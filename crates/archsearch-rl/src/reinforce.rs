@@ -79,7 +79,8 @@ impl Config {
 
     pub(crate) fn check(&self) -> Result<(), StrategyError> {
         let lr = self.learning_rate.unwrap_or(0.01);
-        if !(lr > 0.0 && lr.is_finite()) || !(0.0..1.0).contains(&self.baseline_decay) || self.hidden == 0 || self.layers == 0 {
+        let lr_ok = lr > 0.0 && lr.is_finite();
+        if !lr_ok || !(0.0..1.0).contains(&self.baseline_decay) || self.hidden == 0 || self.layers == 0 {
             return Err(StrategyError::Config(
                 "needs `learning_rate` > 0, 0 <= `baseline_decay` < 1, `hidden` >= 1 and `layers` >= 1".into(),
             ));

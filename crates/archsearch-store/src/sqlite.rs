@@ -57,13 +57,18 @@ UPDATE meta SET value = 'archsearch-2' WHERE key = 'schema';
 "#;
 
 /// `archsearch-2` → `archsearch-3`: studies gain their unique id and the
-/// strategy-state log (snapshot version, log size); trials gain the cost of
-/// their current attempt. Existing states are snapshots.
+/// strategy-state log (snapshot version, log size); the state moves to a
+/// table of its own (so that updating a study's counters does not rewrite
+/// it); trials gain the cost of their current attempt. Existing states are
+/// snapshots.
 const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE studies ADD COLUMN uid TEXT;
 ALTER TABLE studies ADD COLUMN snapshot_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE studies ADD COLUMN snapshot_bytes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE studies ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
-UPDATE studies SET snapshot_version = state_version;
+CREATE TABLE strategy_snapshots (study_id INTEGER PRIMARY KEY REFERENCES studies(id), state BLOB NOT NULL);
+INSERT INTO strategy_snapshots (study_id, state) SELECT id, strategy_state FROM studies WHERE strategy_state IS NOT NULL;
+UPDATE studies SET snapshot_version = state_version, snapshot_bytes = COALESCE(length(strategy_state), 0), strategy_state = NULL;
 ALTER TABLE trials ADD COLUMN attempt_cost REAL NOT NULL DEFAULT 0;
 UPDATE meta SET value = 'archsearch-3' WHERE key = 'schema';
 "#;
@@ -85,7 +90,12 @@ CREATE TABLE IF NOT EXISTS studies (
     total_cost REAL NOT NULL DEFAULT 0,
     uid TEXT,
     snapshot_version INTEGER NOT NULL DEFAULT 0,
+    snapshot_bytes INTEGER NOT NULL DEFAULT 0,
     log_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS strategy_snapshots (
+    study_id INTEGER PRIMARY KEY REFERENCES studies(id),
+    state BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS trials (
     id INTEGER PRIMARY KEY,
@@ -239,9 +249,10 @@ impl SqliteStorage {
         conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
         let s = SqliteStorage { conn, path: path.to_string(), read_only: false };
         // WAL lets readers run beside a writer; NORMAL sync is durable across
-        // process crashes (the case we promise) and fast.
+        // process crashes (the case we promise) and fast. A 32 MiB page
+        // cache keeps a large study's B-tree pages in memory.
         s.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")
             .map_err(|e| s.err(e))?;
         // Schema creation (and migration) can race with another process
         // doing the same: both happen inside one immediate transaction.
@@ -400,7 +411,7 @@ fn dir_str(d: Direction) -> &'static str {
 /// The state version and what changed in it since `known`.
 fn state_since(conn: &Connection, study: i64, known: u64) -> rusqlite::Result<(u64, StateLog)> {
     let (version, snapshot_version, log_bytes, snapshot_bytes): (i64, i64, i64, i64) = conn.query_row(
-        "SELECT state_version, snapshot_version, log_bytes, COALESCE(length(strategy_state), 0) FROM studies WHERE id = ?1",
+        "SELECT state_version, snapshot_version, log_bytes, snapshot_bytes FROM studies WHERE id = ?1",
         [study],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
@@ -415,7 +426,8 @@ fn state_since(conn: &Connection, study: i64, known: u64) -> rusqlite::Result<(u
     } else if known >= snapshot_version && known < version {
         StateSince::Entries(entries(known)?)
     } else {
-        let snapshot: Option<Vec<u8>> = conn.query_row("SELECT strategy_state FROM studies WHERE id = ?1", [study], |r| r.get(0))?;
+        let snapshot: Option<Vec<u8>> =
+            conn.query_row("SELECT state FROM strategy_snapshots WHERE study_id = ?1", [study], |r| r.get(0)).optional()?;
         StateSince::Snapshot(snapshot.unwrap_or_default(), entries(snapshot_version)?)
     };
     Ok((version, StateLog { version, since, log_bytes: log_bytes as u64, snapshot_bytes: snapshot_bytes as u64 }))
@@ -427,9 +439,10 @@ fn write_state(tx: &rusqlite::Transaction<'_>, study: i64, version: u64, w: &Sta
     match &w.snapshot {
         Some(state) => {
             tx.execute("DELETE FROM strategy_log WHERE study_id = ?1", [study])?;
+            tx.execute("INSERT OR REPLACE INTO strategy_snapshots (study_id, state) VALUES (?1, ?2)", params![study, state])?;
             tx.execute(
-                "UPDATE studies SET strategy_state = ?2, state_version = ?3, snapshot_version = ?3, log_bytes = 0 WHERE id = ?1",
-                params![study, state, next],
+                "UPDATE studies SET state_version = ?2, snapshot_version = ?2, snapshot_bytes = ?3, log_bytes = 0 WHERE id = ?1",
+                params![study, next, state.len() as i64],
             )?;
         }
         None => {
@@ -805,10 +818,11 @@ mod tests {
                 .replace("'RUNNING', 'PAUSED', 'COMPLETE'", "'RUNNING', 'COMPLETE'")
                 .replace("    step INTEGER,\n", "")
                 .replace("    attempt_cost REAL NOT NULL DEFAULT 0,\n", "")
-                .replace(",\n    uid TEXT,\n    snapshot_version INTEGER NOT NULL DEFAULT 0,\n    log_bytes INTEGER NOT NULL DEFAULT 0\n", "\n")
+                .replace(",\n    uid TEXT,\n    snapshot_version INTEGER NOT NULL DEFAULT 0,\n    snapshot_bytes INTEGER NOT NULL DEFAULT 0,\n    log_bytes INTEGER NOT NULL DEFAULT 0\n", "\n")
+                .replace("CREATE TABLE IF NOT EXISTS strategy_snapshots (\n    study_id INTEGER PRIMARY KEY REFERENCES studies(id),\n    state BLOB NOT NULL\n);", "")
                 .replace("NOT IN ('RUNNING', 'PAUSED')", "<> 'RUNNING'")
                 .replace("CREATE INDEX IF NOT EXISTS trials_paused ON trials (study_id) WHERE state = 'PAUSED';", "");
-            assert!(!v1.contains("PAUSED") && !v1.contains("step INTEGER,") && !v1.contains("uid") && !v1.contains("attempt_cost"));
+            assert!(!v1.contains("PAUSED") && !v1.contains("step INTEGER,") && !v1.contains("uid") && !v1.contains("attempt_cost") && !v1.contains("snapshot"));
             c.execute_batch(&v1).unwrap();
             c.execute_batch(
                 "INSERT INTO meta VALUES ('schema', 'archsearch-1');

@@ -151,17 +151,17 @@ fn set_aside(path: &Path, why: &str) {
     }
 }
 
+/// What [`load`] does with a checkpoint's tensors: takes what it needs, or
+/// refuses them.
+pub type Accept<'a, T> = dyn FnMut(&BTreeMap<String, Tensor>) -> Result<T, TrainError> + 'a;
+
 /// Loads the newest usable checkpoint of `dir` that belongs to `fp`:
 /// `accept` gets its tensors and returns what the caller needs, or an error
 /// if the tensors do not fit (they must be checked before anything is
 /// changed). Every file found unusable on the way (another owner, no
 /// fingerprint, truncated, unreadable, not fitting) is moved aside with a
 /// warning. `None`: no usable checkpoint, start from scratch.
-pub fn load<T>(
-    dir: &Path,
-    fp: &Fingerprint,
-    accept: &mut dyn FnMut(&BTreeMap<String, Tensor>) -> Result<T, TrainError>,
-) -> Option<T> {
+pub fn load<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<T> {
     for name in [FILE, PREVIOUS] {
         let path = dir.join(name);
         if !path.exists() {

@@ -72,20 +72,30 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, TrainError> {
 /// Reads one IDX file (`.gz` or plain); returns its dimensions and bytes.
 pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), TrainError> {
     let bytes = read_maybe_gz(path)?;
+    if bytes.is_empty() {
+        return Err(data_err(path, "empty file (not an IDX file)"));
+    }
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(data_err(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(data_err(path, format!("IDX element type 0x{:02x} is not unsigned bytes", bytes[2])));
+        return Err(data_err(path, format!("IDX element type 0x{:02x} is not unsigned bytes (0x08)", bytes[2])));
     }
     let ndim = bytes[3] as usize;
-    if ndim == 0 || bytes.len() < 4 + 4 * ndim {
-        return Err(data_err(path, "truncated IDX header"));
+    if ndim == 0 {
+        return Err(data_err(path, "IDX header declares 0 dimensions"));
     }
-    let dims: Vec<usize> =
-        (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let n: usize = dims.iter().product();
+    if bytes.len() < 4 + 4 * ndim {
+        return Err(data_err(
+            path,
+            format!("truncated IDX header: {ndim} dimensions need {} header bytes, the file holds {}", 4 + 4 * ndim, bytes.len()),
+        ));
+    }
+    let dims: Vec<usize> = bytes[4..4 + 4 * ndim].chunks_exact(4).map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize).collect();
     let body = &bytes[4 + 4 * ndim..];
+    let Some(n) = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+        return Err(data_err(path, format!("IDX header dimensions {dims:?} are too large (the file holds {} bytes of data)", body.len())));
+    };
     if body.len() != n {
         return Err(data_err(path, format!("IDX header promises {n} bytes of data ({dims:?}), the file holds {}", body.len())));
     }
@@ -101,8 +111,17 @@ fn read_idx_pair(dir: &Path, images: &str, labels: &str) -> Result<RawImages, Tr
     let lp = find(dir, labels).ok_or_else(|| data_err(&dir.join(labels), "missing (looked for .gz and plain)"))?;
     let (idims, pixels) = read_idx(&ip)?;
     let (ldims, labels) = read_idx(&lp)?;
-    if idims.len() != 3 || ldims.len() != 1 {
-        return Err(data_err(&ip, format!("expected images [N, H, W] and labels [N], found {idims:?} and {ldims:?}")));
+    if idims.len() != 3 {
+        return Err(data_err(&ip, format!("images need 3 dimensions [N, H, W], the IDX header declares {} ({idims:?})", idims.len())));
+    }
+    if ldims.len() != 1 {
+        return Err(data_err(&lp, format!("labels need 1 dimension [N], the IDX header declares {} ({ldims:?})", ldims.len())));
+    }
+    if idims[0] == 0 {
+        return Err(data_err(&ip, "the file holds no images (N = 0)"));
+    }
+    if idims[1] == 0 || idims[2] == 0 {
+        return Err(data_err(&ip, format!("images of {}×{} pixels are empty", idims[1], idims[2])));
     }
     if idims[0] != ldims[0] {
         return Err(data_err(&lp, format!("{} labels for {} images", ldims[0], idims[0])));
@@ -197,13 +216,23 @@ impl RawDataset {
             } else {
                 ""
             };
-            return Err(data_err(&dir, format!("data folder not found{hint}")));
+            let what = if hint.is_empty() { "data folder (`data_dir`) not found" } else { "data folder not found" };
+            return Err(data_err(&dir, format!("{what}{hint}")));
         }
         let (train, test) = match kind {
-            DatasetKind::FashionMnist | DatasetKind::Mnist => (
-                read_idx_pair(&dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?,
-                read_idx_pair(&dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?,
-            ),
+            DatasetKind::FashionMnist | DatasetKind::Mnist => {
+                let train = read_idx_pair(&dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte")?;
+                let test = read_idx_pair(&dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")?;
+                if test.shape[1..] != train.shape[1..] {
+                    let path = find(&dir, "t10k-images-idx3-ubyte").unwrap_or_else(|| dir.join("t10k-images-idx3-ubyte"));
+                    let [_, _, h, w] = test.shape;
+                    return Err(data_err(
+                        &path,
+                        format!("test images are {h}×{w} pixels, the training images {}×{}", train.shape[2], train.shape[3]),
+                    ));
+                }
+                (train, test)
+            }
             DatasetKind::Cifar10 => read_cifar(&dir)?,
         };
         Ok(RawDataset { kind, train, test })
@@ -391,6 +420,43 @@ mod tests {
         std::fs::remove_file(&p).unwrap();
         let e = RawDataset::load(DatasetKind::FashionMnist, Some(d.path())).err().unwrap().to_string();
         assert!(e.contains("train-images-idx3-ubyte") && e.contains("missing"), "{e}");
+    }
+
+    /// Malformed headers and shapes are errors naming the file at fault
+    /// (never a panic, never a data set that fails later).
+    #[test]
+    fn malformed_headers_and_shapes_name_the_file_at_fault() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |file: &str, bytes: Vec<u8>| {
+            write_tiny_mnist(d.path(), 20);
+            std::fs::write(d.path().join(file), bytes).unwrap();
+            RawDataset::load(DatasetKind::FashionMnist, Some(d.path())).err().expect("a malformed file must be refused").to_string()
+        };
+        let labels: Vec<u8> = (0..20).map(|i| i % 10).collect();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("t10k-labels-idx1-ubyte", vec![], "empty file"),
+            ("train-labels-idx1-ubyte.gz", gz(&[0, 0, 8, 0]), "0 dimensions"),
+            ("t10k-images-idx3-ubyte", vec![0, 0, 8, 3, 0, 0, 0, 10, 0], "truncated IDX header: 3 dimensions need 16"),
+            ("train-images-idx3-ubyte.gz", gz(&idx(&[u32::MAX; 3], &[])), "too large"),
+            ("train-images-idx3-ubyte.gz", gz(&idx(&[20, 16], &[0; 320])), "images need 3 dimensions"),
+            ("train-labels-idx1-ubyte.gz", gz(&idx(&[20, 1], &labels)), "labels need 1 dimension"),
+            ("train-labels-idx1-ubyte.gz", gz(&idx(&[19], &labels[..19])), "19 labels for 20 images"),
+            ("t10k-labels-idx1-ubyte", idx(&[10], &[12; 10]), "label 12 out of range"),
+            ("t10k-images-idx3-ubyte", idx(&[10, 5, 5], &[0; 250]), "test images are 5×5 pixels, the training images 4×4"),
+            ("t10k-images-idx3-ubyte", idx(&[10, 0, 4], &[]), "0×4 pixels are empty"),
+        ];
+        for (file, bytes, needle) in cases {
+            let e = load(file, bytes);
+            assert!(e.contains(file) && e.contains(needle), "{file}: {e}");
+        }
+        // No images at all: named at the images file, not a split that fails later.
+        write_tiny_mnist(d.path(), 20);
+        std::fs::write(d.path().join("train-images-idx3-ubyte.gz"), gz(&idx(&[0, 4, 4], &[]))).unwrap();
+        std::fs::write(d.path().join("train-labels-idx1-ubyte.gz"), gz(&idx(&[0], &[]))).unwrap();
+        let e = RawDataset::load(DatasetKind::FashionMnist, Some(d.path())).err().unwrap().to_string();
+        assert!(e.contains("train-images-idx3-ubyte.gz") && e.contains("no images"), "{e}");
+        let e = RawDataset::load(DatasetKind::Mnist, Some(&d.path().join("nope"))).err().unwrap().to_string();
+        assert!(e.contains("nope") && e.contains("`data_dir`"), "{e}");
     }
 
     #[test]

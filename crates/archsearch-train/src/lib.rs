@@ -101,7 +101,7 @@ impl Fidelity {
         if self.epochs == 0 {
             return bad("epochs must be >= 1".into());
         }
-        if !(self.width > 0.0) {
+        if self.width.is_nan() || self.width <= 0.0 {
             return bad(format!("width = {} must be > 0", self.width));
         }
         if !(self.fraction > 0.0 && self.fraction <= 1.0) {
@@ -189,7 +189,7 @@ impl TrainTaskConfig {
         if self.batch_size < 1 || self.threads < 1 {
             return Err(TrainError::Config("batch_size and threads must be >= 1".into()));
         }
-        if !(self.optimizer.lr > 0.0) {
+        if self.optimizer.lr.is_nan() || self.optimizer.lr <= 0.0 {
             return Err(TrainError::Config(format!("[task.optimizer] lr = {} must be > 0", self.optimizer.lr)));
         }
         for (what, f) in std::iter::once(("proxy", &self.proxy)).chain(self.target.iter().map(|t| ("target", t))) {

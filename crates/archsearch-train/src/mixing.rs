@@ -11,8 +11,14 @@
 //! are copied, not perturbed. Tensors owned by no position (stem, reductions,
 //! head) come from the fitter parent.
 //!
-//! Everything works on named tensors, position by position (`pos3.…` belongs
-//! to position 3), so it is independent of the task and of the device.
+//! Everything works on named tensors, position by position, so it is
+//! independent of the task and of the device. [`ownership`] reads who owns a
+//! tensor from its name, for every network family alike: `pos3.…` belongs to
+//! position 3 (decision index 3 of the space: a macro op, an NB201 edge, an
+//! MLP layer's width or norm); `stem.…`, `reduce<N>.…` and `head.…` are
+//! shared (every architecture has them, no position owns them). A tensor
+//! whose name says neither is treated as shared; every network of
+//! [`crate::nets`] names each tensor one way or the other (tested).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -63,9 +69,46 @@ pub enum Origin {
     Fresh,
 }
 
+/// Who owns a named tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The position (decision index) whose option the tensor belongs to:
+    /// `pos3.…` → 3. It moves with that position when a child is mixed.
+    Position(usize),
+    /// A tensor of the fixed part of the network, owned by no position: the
+    /// stem (`stem.…`), fixed reductions (`reduce1.…`) and the classifier
+    /// (`head.…`). A child takes it from its fitter parent.
+    Shared,
+}
+
+/// `N` if `s` is `prefix` followed by a decimal number `N` (digits only).
+fn numbered(s: &str, prefix: &str) -> Option<usize> {
+    let n = s.strip_prefix(prefix)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Who owns the tensor `name`, read from its first dotted component;
+/// `None` if the name follows neither form (mixing treats it as shared).
+pub fn ownership(name: &str) -> Option<Ownership> {
+    let first = name.split('.').next()?;
+    if let Some(i) = numbered(first, "pos") {
+        return Some(Ownership::Position(i));
+    }
+    if first == "stem" || first == "head" || numbered(first, "reduce").is_some() {
+        return Some(Ownership::Shared);
+    }
+    None
+}
+
 /// The position that owns a tensor (`pos3.conv.weight` → 3), if any.
 pub fn owner(name: &str) -> Option<usize> {
-    name.strip_prefix("pos")?.split('.').next()?.parse().ok()
+    match ownership(name) {
+        Some(Ownership::Position(i)) => Some(i),
+        _ => None,
+    }
 }
 
 /// The child's tensors and, per position, where it came from.
@@ -249,5 +292,14 @@ mod tests {
         assert_eq!(owner("pos3.stage0.cell1.bn.weight"), Some(3));
         assert_eq!(owner("stem.conv.weight"), None);
         assert_eq!(owner("position.x"), None);
+        assert_eq!(owner("pos+3.x"), None);
+        assert_eq!(owner("pos.x"), None);
+        assert_eq!(ownership("pos0.layer1.linear.weight"), Some(Ownership::Position(0)));
+        for shared in ["stem.conv.weight", "stem.bn.running_mean", "reduce2.a.conv.weight", "head.weight", "head.bn.bias"] {
+            assert_eq!(ownership(shared), Some(Ownership::Shared), "{shared}");
+        }
+        for unknown in ["layer1.linear.weight", "reduce.conv.weight", "header.weight", "fc1.weight", ""] {
+            assert_eq!(ownership(unknown), None, "{unknown}");
+        }
     }
 }

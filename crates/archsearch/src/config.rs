@@ -91,7 +91,7 @@ pub fn check_workers(workers: usize) -> Result<()> {
     let need = 6 * workers as u64 + 64;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && (limit.rlim_cur as u64) < need {
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && limit.rlim_cur < need {
         bail!(
             "workers = {workers} needs about {need} open files, but this process may open {} (`ulimit -n`); lower `workers` or raise the limit",
             limit.rlim_cur
@@ -238,7 +238,7 @@ impl Config {
             bail!("[study] trials = 0: the budget must be at least 1 trial");
         }
         if let Some(c) = self.study.cost {
-            if !(c > 0.0) {
+            if c.is_nan() || c <= 0.0 {
                 bail!("[study] cost = {c}: the budget must be positive");
             }
         }

@@ -88,7 +88,7 @@ enum Command {
         json: bool,
     },
     /// Replay strategies on a tabular task for many seeds; print mean ± std.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Train the reference CNN and MLP with archsearch and with PyTorch (same
     /// batch, optimiser and threads) and print ms/step, the ratio, and the
     /// worker pool's total throughput.
@@ -230,7 +230,7 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
-        Command::Bench(args) => bench(args),
+        Command::Bench(args) => bench(*args),
         Command::ProxyCheck { config, study, device, workers, json } => proxy_check(config, study, device, workers, json),
         Command::Compare { config, variants, seeds, study, device, workers, json } => compare(config, variants, seeds, study, device, workers, json),
         Command::BenchStore { trials, strategy, study } => bench_store(trials, &strategy, study),

@@ -121,7 +121,7 @@ impl Default for Config {
 
 impl Config {
     pub fn check(&self) -> Result<()> {
-        if self.population < 2 || self.interval == 0 || self.epochs == 0 || self.epochs % self.interval != 0 {
+        if self.population < 2 || self.interval == 0 || self.epochs == 0 || !self.epochs.is_multiple_of(self.interval) {
             bail!("needs `population` >= 2, `interval` >= 1 and `epochs` a positive multiple of `interval`");
         }
         if !(self.lr_range[0] > 0.0 && self.lr_range[0] < self.lr_range[1]) {

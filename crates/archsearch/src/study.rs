@@ -521,7 +521,7 @@ impl Study {
                 // workers that died meanwhile.
                 waits += 1;
                 std::thread::sleep(Duration::from_millis((25 * u64::from(waits)).min(1000)));
-                if waits % 10 == 0 {
+                if waits.is_multiple_of(10) {
                     self.rerun_orphans(on_trial, beat)?;
                 }
                 continue;

@@ -18,8 +18,12 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 
 /// `show --json` of a one-study store; a store killed before its study was
-/// created shows no trials.
+/// created (or before its first write: an empty file, which `show` refuses)
+/// shows no trials.
 fn show_json(db: &Path) -> serde_json::Value {
+    if std::fs::metadata(db).is_ok_and(|m| m.len() == 0) {
+        return serde_json::json!({ "trials": [] });
+    }
     let out = run_ok(&["show", db.to_str().unwrap(), "--json"]);
     if out.trim().is_empty() {
         return serde_json::json!({ "trials": [] });
@@ -114,11 +118,69 @@ fn table_bench_prints_json_per_strategy() {
     ]);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
+    // The same search, one study per seed (a study and a replay with the same
+    // seed ask for the same architectures), scored from the CSV itself.
+    let table = read_table(&root.join("table.csv"));
+    let d = tempfile::tempdir().unwrap();
     for (l, name) in lines.iter().zip(["random", "evolution", "reinforce", "reinforce-lstm", "ppo", "ppo-lstm"]) {
         assert_eq!(l["strategy"], name);
         assert_eq!((l["budget"].as_u64(), l["seeds"].as_u64()), (Some(20), Some(8)));
-        assert!(l["mean"].as_f64().unwrap() > 60.0 && l["std"].as_f64().unwrap() >= 0.0);
+        let csv = root.join("table.csv");
+        let reports: Vec<f64> = std::thread::scope(|s| {
+            let (dir, csv, table) = (d.path(), &csv, &table);
+            let runs: Vec<_> = (0..8).map(|seed| s.spawn(move || picked_report(dir, csv, table, name, seed))).collect();
+            runs.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let mean = reports.iter().sum::<f64>() / 8.0;
+        let std = (reports.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / 8.0).sqrt();
+        let (got_mean, got_std) = (l["mean"].as_f64().unwrap(), l["std"].as_f64().unwrap());
+        assert!((got_mean - mean).abs() < 1e-9, "{name}: bench mean {got_mean}, recomputed {mean} from {reports:?}");
+        assert!((got_std - std).abs() < 1e-9, "{name}: bench std {got_std}, recomputed {std} from {reports:?}");
+        assert!(std > 0.0, "{name}: every seed picked an architecture of the same final accuracy: {reports:?}");
     }
+}
+
+/// `arch (option indices) → (proxy_acc, final_acc)` of the example table.
+fn read_table(path: &Path) -> std::collections::HashMap<String, (f64, f64)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("arch,proxy_acc,final_acc"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Runs a 20-trial study of `strategy` with `seed` on the example table and
+/// returns the `final_acc` (from the CSV) of the trial with the best
+/// `proxy_acc` (the first of equals), as the bench scores a run.
+fn picked_report(dir: &Path, csv: &Path, table: &std::collections::HashMap<String, (f64, f64)>, strategy: &str, seed: u64) -> f64 {
+    let options = ["conv3", "conv5", "sep3"];
+    let space = "kind = \"custom\"\ndecisions = [\n  { name = \"stem\", options = OPTS },\n  { name = \"block1\", options = OPTS },\n  { name = \"block2\", options = OPTS },\n  { name = \"head\", options = OPTS },\n]\n"
+        .replace("OPTS", &format!("{options:?}"));
+    let cfg = format!(
+        "[study]\nseed = {seed}\ntrials = 20\nworkers = 1\n[space]\n{space}[task]\nkind = \"table\"\nfile = {:?}\nsearch_column = \"proxy_acc\"\nreport_column = \"final_acc\"\n[strategy]\nkind = \"{strategy}\"\n",
+        csv.to_str().unwrap()
+    );
+    let name = format!("{strategy}-{seed}");
+    let c = write(dir, &format!("{name}.toml"), &cfg);
+    let db = dir.join(format!("{name}.db"));
+    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let rows = trials(&db);
+    assert_eq!(rows.len(), 20);
+    let mut best: Option<(f64, f64)> = None;
+    for (_, state, arch, value) in rows {
+        assert_eq!(state, "COMPLETE");
+        let key: String = arch.split(',').map(|o| options.iter().position(|x| *x == o).unwrap().to_string()).collect();
+        let (proxy, report) = table[&key];
+        assert_eq!(value, Some(proxy), "{arch}: the study's value is not the table's proxy_acc");
+        if best.is_none_or(|(v, _)| proxy > v) {
+            best = Some((proxy, report));
+        }
+    }
+    best.unwrap().1
 }
 
 #[test]
@@ -180,21 +242,34 @@ fn sigkill_and_resume_loses_nothing() {
     }
 }
 
-/// Two processes run one study at once: no trial is lost or duplicated.
+/// Two processes run one study at once: no trial is lost or duplicated, and
+/// both ran trials (each trial's `owner` names the process that ran it).
 #[test]
 fn two_processes_share_a_study() {
     let d = tempfile::tempdir().unwrap();
-    let c = nb201_config(d.path(), "shared", "evolution", 600);
+    let c = nb201_config(d.path(), "shared", "evolution", 3000);
     let db = d.path().join("shared.db");
     let spawn = || bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
     let (mut a, mut b) = (spawn(), spawn());
+    let pids = [a.id(), b.id()];
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
     let t = trials(&db);
-    assert_eq!(t.len(), 600);
+    assert_eq!(t.len(), 3000);
     assert!(t.iter().enumerate().all(|(i, t)| t.0 == i as u64 && t.1 == "COMPLETE"));
     let v = show_json(&db);
-    assert_eq!(v["complete"], 600);
+    assert_eq!(v["complete"], 3000);
+    // Owners are `host:PID@start:token`: count the trials each process ran.
+    let mut ran = std::collections::BTreeMap::<u32, usize>::new();
+    for t in v["trials"].as_array().unwrap() {
+        let owner = t["owner"].as_str().unwrap();
+        let pid = owner.split_once('@').and_then(|(head, _)| head.rsplit_once(':')).and_then(|(_, pid)| pid.parse().ok());
+        *ran.entry(pid.unwrap_or_else(|| panic!("owner `{owner}` names no process id"))).or_default() += 1;
+    }
+    let mut pids = pids.to_vec();
+    pids.sort();
+    assert_eq!(ran.keys().copied().collect::<Vec<_>>(), pids, "{ran:?}");
+    assert!(ran.values().all(|&n| n >= 10), "each process must have run a share of the trials: {ran:?}");
 }
 
 #[test]
@@ -224,8 +299,23 @@ fn trials_not_in_the_table_fail_with_their_reason_and_the_study_goes_on() {
     let db = d.path().join("sparse.db");
     run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let v = show_json(&db);
-    let failed: Vec<&serde_json::Value> = v["trials"].as_array().unwrap().iter().filter(|t| t["state"] == "FAIL").collect();
+    let all = v["trials"].as_array().unwrap();
+    assert_eq!(all.len(), 20);
+    let failed: Vec<&serde_json::Value> = all.iter().filter(|t| t["state"] == "FAIL").collect();
     assert!(!failed.is_empty() && v["complete"].as_u64().unwrap() > 0);
-    assert!(failed[0]["error"].as_str().unwrap().contains("not in the table"));
-    assert_eq!(v["trials"].as_array().unwrap().len(), 20);
+    assert_eq!(failed.len() + v["complete"].as_u64().unwrap() as usize, 20);
+    // Exactly the two architectures of the table complete, with its values;
+    // every other one fails with the reason.
+    for t in all {
+        match (t["arch"].as_str().unwrap(), t["state"].as_str().unwrap()) {
+            ("op0,op0", "COMPLETE") => assert_eq!(t["value"], 1.0),
+            ("op0,op1", "COMPLETE") => assert_eq!(t["value"], 2.0),
+            (arch, "FAIL") => {
+                assert!(arch != "op0,op0" && arch != "op0,op1", "{t}");
+                let e = t["error"].as_str().unwrap();
+                assert!(e.contains("not in the table") && e.contains(arch), "{t}");
+            }
+            _ => panic!("{t}"),
+        }
+    }
 }

@@ -170,7 +170,13 @@ fn successive_halving_resumes_promoted_trials_from_their_checkpoint() {
 fn checkpoints_load_in_pytorch_with_the_same_names() {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
     let d = tempfile::tempdir().unwrap();
+    // A known architecture, so the names are known: a conv at position 0, a
+    // separable conv at 1 (after the first reduction), a pool (no weights) at 2.
     let c = config(d.path(), "st", 1, 1, "");
+    let evolution = "kind = \"evolution\"\npopulation = 2\nsample = 2\n";
+    let text =
+        std::fs::read_to_string(&c).unwrap().replace(evolution, "kind = \"fixed\"\narchitectures = [\"conv3x3,sep3x3,maxpool3x3\"]\n");
+    std::fs::write(&c, text).unwrap();
     let db = d.path().join("st.db");
     run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let file = d.path().join("st.db.ckpt/st/trial-0/checkpoint.safetensors");
@@ -178,13 +184,62 @@ fn checkpoints_load_in_pytorch_with_the_same_names() {
     let out = Command::new(&python).args(["-c", script, file.to_str().unwrap()]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-    for k in ["stem.conv.weight", "pos0.conv.weight", "pos0.bn.running_mean", "pos0.bn.num_batches_tracked", "head.weight", "optim.head.weight.exp_avg", "meta.epoch"] {
-        let has = keys.iter().any(|x| *x == k) || (k.starts_with("pos0") && keys.iter().any(|x| x.starts_with("pos0.")));
-        assert!(has, "{k} missing from {keys:?}");
+    let tensors = v.as_object().unwrap();
+    let keys: Vec<&String> = tensors.keys().collect();
+    let shape = |k: &str| -> Vec<u64> { tensors[k][0].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect() };
+    // Each name on its own.
+    for k in [
+        "stem.conv.weight",
+        "pos0.conv.weight",
+        "pos0.bn.running_mean",
+        "pos0.bn.num_batches_tracked",
+        "pos1.dw.weight",
+        "pos1.pw.weight",
+        "reduce1.conv.weight",
+        "head.weight",
+        "optim.head.weight.exp_avg",
+        "optim.pos1.dw.weight.exp_avg",
+        "meta.epoch",
+    ] {
+        assert!(tensors.contains_key(k), "{k} missing from {keys:?}");
+    }
+    // The network's tensors are exactly those of this architecture.
+    let bn = |p: &str| ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"].map(|b| format!("{p}.bn.{b}"));
+    let mut expected: Vec<String> = [
+        "stem.conv.weight",
+        "pos0.conv.weight",
+        "pos1.dw.weight",
+        "pos1.pw.weight",
+        "reduce1.conv.weight",
+        "reduce2.conv.weight",
+        "head.weight",
+        "head.bias",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain(["stem", "pos0", "pos1", "reduce1", "reduce2"].into_iter().flat_map(bn))
+    .collect();
+    expected.sort();
+    let mut model: Vec<&String> = keys.iter().copied().filter(|k| !k.starts_with("optim.") && !k.starts_with("meta.")).collect();
+    model.sort();
+    assert_eq!(model, expected.iter().collect::<Vec<_>>(), "a pool owns no weights; every other tensor is named by its position");
+    assert_eq!(shape("pos0.conv.weight"), vec![4, 4, 3, 3]);
+    assert_eq!(shape("pos1.dw.weight"), vec![8, 1, 3, 3]);
+    assert_eq!(shape("head.weight"), vec![10, 16]);
+    // Optimiser state is named after the parameter it belongs to, with its shape.
+    let optim: Vec<&String> = keys.iter().copied().filter(|k| k.starts_with("optim.")).collect();
+    assert!(!optim.is_empty());
+    for k in optim {
+        let (param, _buffer) = k["optim.".len()..].rsplit_once('.').unwrap();
+        assert!(
+            tensors.contains_key(param) && !param.ends_with("running_mean") && !param.ends_with("num_batches_tracked"),
+            "{k}: no such trained parameter"
+        );
+        assert_eq!(shape(k), shape(param), "{k}");
     }
     assert_eq!(v["meta.epoch"][1], "torch.int64");
     assert_eq!(v["stem.bn.num_batches_tracked"][1], "torch.int64");
+    assert_eq!(v["pos0.bn.num_batches_tracked"][1], "torch.int64");
     assert_eq!(v["meta.epoch"][2], 1.0);
 }
 

@@ -2,8 +2,17 @@
 //! `layer{i}.width` (required; options are numbers), `layer{i}.act` (`relu`,
 //! `gelu`, `tanh`, `sigmoid`; default `relu`), `layer{i}.residual` (`no`,
 //! `yes`: adds the layer's input when the widths agree) and `layer{i}.norm`
-//! (`none`, `layernorm`). Weights are named `layer{i}.linear.*`,
-//! `layer{i}.norm.*` and `head.*`.
+//! (`none`, `layernorm`).
+//!
+//! Every weight is named by the position (decision index) that owns it, as in
+//! the other families, so [`crate::mixing`] can move it with its position:
+//! layer `i`'s linear belongs to its `layer{i}.width` position and its
+//! LayerNorm to its `layer{i}.norm` position (the decision that makes the
+//! tensor exist), e.g. with decisions `layer0.width, layer0.act,
+//! layer1.width, layer1.norm` the tensors are `pos0.layer0.linear.*`,
+//! `pos2.layer1.linear.*` and `pos3.layer1.norm.*`. `act` and `residual`
+//! positions own no weights. The classifier (`head.*`) is shared: it belongs
+//! to no position.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +26,13 @@ use crate::TrainError;
 
 #[derive(Default, Clone)]
 struct LayerChoice {
+    /// `N` of the decisions' `layer<N>.` prefix.
+    number: usize,
     width: Option<i64>,
+    /// Index of the `layer<N>.width` decision: the position owning the linear.
+    width_pos: Option<usize>,
+    /// Index of the `layer<N>.norm` decision: the position owning the LayerNorm.
+    norm_pos: Option<usize>,
     act: String,
     residual: bool,
     norm: bool,
@@ -33,7 +48,16 @@ fn layers(space: &Space, arch: Option<&Architecture>) -> Result<Vec<LayerChoice>
             .and_then(|s| s.split_once('.'))
             .and_then(|(n, k)| n.parse::<usize>().ok().map(|n| (n, k)))
             .ok_or_else(|| bad(format!("MLP decision `{}` is not named `layer<N>.<width|act|residual|norm>`", d.name)))?;
-        let l = out.entry(layer).or_insert_with(|| LayerChoice { act: "relu".into(), ..Default::default() });
+        if !["width", "act", "residual", "norm"].contains(&key) {
+            return Err(bad(format!("MLP decision `{}` is not named `layer<N>.<width|act|residual|norm>`", d.name)));
+        }
+        let l = out.entry(layer).or_insert_with(|| LayerChoice { number: layer, act: "relu".into(), ..Default::default() });
+        let duplicate = || bad(format!("MLP decision `{}` appears twice", d.name));
+        match key {
+            "width" if l.width_pos.replace(i).is_some() => return Err(duplicate()),
+            "norm" if l.norm_pos.replace(i).is_some() => return Err(duplicate()),
+            _ => {}
+        }
         let choices: Vec<&String> = match arch {
             Some(a) => vec![&d.options[a.choices[i]]],
             None => d.options.iter().collect(),
@@ -49,8 +73,9 @@ fn layers(space: &Space, arch: Option<&Architecture>) -> Result<Vec<LayerChoice>
         }
     }
     let v: Vec<LayerChoice> = out.into_values().collect();
-    if let Some(i) = v.iter().position(|l| l.width.is_none()) {
-        return Err(bad(format!("MLP layer {i} has no `layer{i}.width` decision")));
+    if let Some(l) = v.iter().find(|l| l.width.is_none()) {
+        let n = l.number;
+        return Err(bad(format!("MLP layer {n} has no `layer{n}.width` decision")));
     }
     Ok(v)
 }
@@ -75,11 +100,18 @@ impl Mlp {
     pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale) -> Result<Self, TrainError> {
         let mut cin = io.channels * io.resolution * io.resolution;
         let mut out = Vec::new();
-        for (i, l) in layers(space, Some(arch))?.into_iter().enumerate() {
-            let w = scaled(l.width.unwrap(), scale.width);
-            let p = root / format!("layer{i}");
-            let linear = Linear::new(&(&p / "linear"), rng, cin, w);
-            let norm = l.norm.then(|| LayerNorm::new(&(&p / "norm"), w));
+        for l in layers(space, Some(arch))? {
+            let (Some(width), Some(width_pos)) = (l.width, l.width_pos) else {
+                return Err(TrainError::Config(format!("MLP layer {} has no width", l.number)));
+            };
+            let w = scaled(width, scale.width);
+            let layer = format!("layer{}", l.number);
+            let linear = Linear::new(&(root / format!("pos{width_pos}") / layer.as_str() / "linear"), rng, cin, w);
+            // A LayerNorm exists only where a `layer<N>.norm` decision chose it.
+            let norm = match (l.norm, l.norm_pos) {
+                (true, Some(p)) => Some(LayerNorm::new(&(root / format!("pos{p}") / layer.as_str() / "norm"), w)),
+                _ => None,
+            };
             out.push(Layer { linear, norm, act: l.act, residual: l.residual && cin == w });
             cin = w;
         }

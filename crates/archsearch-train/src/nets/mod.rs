@@ -1,6 +1,9 @@
 //! Networks built from architectures. Every weight is named by the position
-//! that owns it (`pos3.conv.weight`, `layer2.linear.bias`), so one position's
-//! weights can be copied between two networks that agree at that position.
+//! that owns it (`pos3.conv.weight`, `pos2.layer1.linear.bias`: the position
+//! is the decision's index in the space), or is shared by every
+//! architecture (`stem.…`, `reduce1.…`, `head.…`), so one position's weights
+//! can be copied between two networks that agree at that position. Which
+//! position owns a tensor is read by [`crate::mixing::ownership`].
 
 pub mod macro_net;
 pub mod mlp;
@@ -227,9 +230,214 @@ decisions = [
         .unwrap();
         let m = NetConfig::Mlp.build(&space, &Architecture::new(vec![1, 1, 1, 1, 1]), io(), ONE, Device::Cpu, 0).unwrap();
         let vars = m.vs.variables();
-        assert_eq!(vars["layer0.linear.weight"].size(), vec![64, 64]);
-        assert!(vars.contains_key("layer1.norm.weight"));
+        // Named by their owning position: the layer's width (linear) and norm (LayerNorm) decisions.
+        assert_eq!(vars["pos0.layer0.linear.weight"].size(), vec![64, 64]);
+        assert_eq!(vars["pos2.layer1.linear.weight"].size(), vec![64, 64]);
+        assert_eq!(vars["pos4.layer1.norm.weight"].size(), vec![64]);
+        assert_eq!(vars["head.weight"].size(), vec![10, 64]);
+        assert_eq!(vars.len(), 2 + 2 + 2 + 2, "{:?}", vars.keys().collect::<Vec<_>>());
         let y = m.net.forward_t(&Tensor::zeros([3, 1, 8, 8], (Kind::Float, Device::Cpu)), true);
         assert_eq!(y.size(), vec![3, 10]);
+        // Layers are named by the number in their decisions, not by their rank.
+        let sparse = toml::from_str::<SpaceSpec>("kind = \"custom\"\ndecisions = [{ name = \"layer3.width\", options = [\"8\"] }]\n")
+            .unwrap()
+            .build()
+            .unwrap();
+        let m = NetConfig::Mlp.build(&sparse, &Architecture::new(vec![0]), io(), ONE, Device::Cpu, 0).unwrap();
+        assert!(m.vs.variables().contains_key("pos0.layer3.linear.weight"));
+        // A width decision given twice, or an unknown key, is refused.
+        for bad in [
+            "[{ name = \"layer0.width\", options = [\"8\"] }, { name = \"layer0.width\", options = [\"16\"] }]",
+            "[{ name = \"layer0.width\", options = [\"8\"] }, { name = \"layer0.depth\", options = [\"8\"] }]",
+        ] {
+            let spec = toml::from_str::<SpaceSpec>(&format!("kind = \"custom\"\ndecisions = {bad}\n")).unwrap();
+            let rejected = match spec.build() {
+                Err(_) => true,
+                Ok(space) => NetConfig::Mlp.check_space(&space).is_err(),
+            };
+            assert!(rejected, "{bad}");
+        }
+    }
+
+    use crate::mixing::{self, Ownership, ShrinkPerturb};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A small network of each searched family, with two architectures of it.
+    struct Family {
+        name: &'static str,
+        space: Space,
+        net: NetConfig,
+        io: IoShape,
+        scale: Scale,
+        bases: [Architecture; 2],
+        /// Whether a tensor's shape depends only on its owner's option (not
+        /// so for the MLP: a layer's input width is the previous layer's width).
+        shapes_local: bool,
+    }
+
+    fn spec(text: &str) -> Space {
+        toml::from_str::<SpaceSpec>(text).unwrap().build().unwrap()
+    }
+
+    fn families() -> Vec<Family> {
+        let nb201 = Space::nb201();
+        let cell = |s: &str| nb201.parse(s).unwrap();
+        vec![
+            Family {
+                name: "macro",
+                space: spec(&format!("kind = \"sequence\"\nlength = 4\noptions = {:?}\n", macro_net::OPS)),
+                net: NetConfig::Macro { channels: 4, reductions: None, stem_stride: 1 },
+                io: IoShape { channels: 1, resolution: 8, classes: 10 },
+                scale: Scale { width: 1.0, repeats: 2 },
+                bases: [Architecture::new(vec![0, 1, 2, 3]), Architecture::new(vec![5, 4, 7, 3])],
+                shapes_local: true,
+            },
+            Family {
+                name: "nb201",
+                bases: [
+                    cell("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|"),
+                    cell("|none~0|+|avg_pool_3x3~0|nor_conv_1x1~1|+|nor_conv_3x3~0|skip_connect~1|none~2|"),
+                ],
+                space: nb201.clone(),
+                net: NetConfig::Nb201 { channels: 2, cells: 1 },
+                io: IoShape { channels: 3, resolution: 8, classes: 10 },
+                scale: ONE,
+                shapes_local: true,
+            },
+            Family {
+                name: "mlp",
+                space: spec(
+                    r#"kind = "custom"
+decisions = [
+  { name = "layer0.width", options = ["8", "16"] },
+  { name = "layer0.act", options = ["relu", "gelu"] },
+  { name = "layer0.norm", options = ["none", "layernorm"] },
+  { name = "layer1.width", options = ["8", "16"] },
+  { name = "layer1.residual", options = ["no", "yes"] },
+  { name = "layer1.norm", options = ["none", "layernorm"] },
+]"#,
+                ),
+                net: NetConfig::Mlp,
+                io: io(),
+                scale: ONE,
+                bases: [Architecture::new(vec![0, 0, 0, 0, 0, 1]), Architecture::new(vec![0, 1, 1, 0, 1, 0])],
+                shapes_local: false,
+            },
+        ]
+    }
+
+    fn tensors(f: &Family, arch: &Architecture, seed: u64) -> (BTreeMap<String, Tensor>, BTreeSet<String>) {
+        let m = f.net.build(&f.space, arch, f.io, f.scale, Device::Cpu, seed).unwrap();
+        let vars: BTreeMap<String, Tensor> = m.vs.variables().into_iter().collect();
+        let trainable = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
+        (vars.into_iter().map(|(k, t)| (k, t.detach())).collect(), trainable)
+    }
+
+    /// The owner of `name` as mixing reads it; fails on a name that is
+    /// neither owned nor shared, or owned by a position the space lacks.
+    fn owner_of(f: &Family, name: &str) -> Ownership {
+        match mixing::ownership(name) {
+            Some(Ownership::Position(i)) => {
+                assert!(i < f.space.len(), "{}: `{name}` is owned by position {i}; the space has {}", f.name, f.space.len());
+                Ownership::Position(i)
+            }
+            Some(Ownership::Shared) => Ownership::Shared,
+            None => panic!("{}: `{name}` is owned by no position and is not a shared (stem, reduce, head) tensor", f.name),
+        }
+    }
+
+    /// Every tensor of every family is owned by exactly one position of the
+    /// space or is shared (stem, reductions, head), as `mixing` reads names;
+    /// and the owner is the position whose option decides it: changing one
+    /// position's option adds or removes only tensors that position owns
+    /// (and, where shapes are local, reshapes none of another's), while the
+    /// shared tensors are the same for every architecture.
+    #[test]
+    fn every_trainable_tensor_has_an_owning_position() {
+        for f in families() {
+            let mut owning = BTreeSet::new();
+            for base in &f.bases {
+                let (vars, trainable) = tensors(&f, base, 0);
+                assert!(!trainable.is_empty());
+                let owners: BTreeMap<&String, Ownership> = vars.keys().map(|k| (k, owner_of(&f, k))).collect();
+                assert!(trainable.iter().any(|k| owners[k] == Ownership::Shared), "{}: no shared trainable tensor", f.name);
+                assert!(trainable.iter().any(|k| owners[k] != Ownership::Shared), "{}: no owned trainable tensor", f.name);
+                let shared = |v: &BTreeMap<String, Tensor>| {
+                    v.keys().filter(|k| mixing::ownership(k) == Some(Ownership::Shared)).cloned().collect::<Vec<_>>()
+                };
+                for i in 0..f.space.len() {
+                    for o in 0..f.space.decisions()[i].options.len() {
+                        let mut choices = base.choices.clone();
+                        choices[i] = o;
+                        let (other, other_trainable) = tensors(&f, &Architecture::new(choices), 0);
+                        for k in other.keys() {
+                            if let Ownership::Position(p) = owner_of(&f, k) {
+                                owning.insert(p);
+                            }
+                        }
+                        assert_eq!(shared(&vars), shared(&other), "{}: position {i} changed the shared tensors", f.name);
+                        for k in vars.keys().chain(other.keys()) {
+                            let here = vars.get(k).map(|t| t.size());
+                            let there = other.get(k).map(|t| t.size());
+                            let ours = owner_of(&f, k) == Ownership::Position(i);
+                            if here.is_none() || there.is_none() {
+                                assert!(ours, "{}: option {o} at position {i} adds or removes `{k}`, owned by another position", f.name);
+                            } else if f.shapes_local && !ours && owner_of(&f, k) != Ownership::Shared {
+                                assert_eq!(here, there, "{}: option {o} at position {i} reshapes `{k}`", f.name);
+                            }
+                            if here.is_some() && there.is_some() {
+                                assert_eq!(trainable.contains(k), other_trainable.contains(k), "{}: `{k}`", f.name);
+                            }
+                        }
+                    }
+                }
+            }
+            // Every position with an option that has weights owns some tensor.
+            let expected: BTreeSet<usize> = match f.name {
+                // `act` and `residual` have no weights.
+                "mlp" => [0, 2, 3, 5].into(),
+                _ => (0..f.space.len()).collect(),
+            };
+            assert_eq!(owning, expected, "{}", f.name);
+        }
+    }
+
+    /// PBT-NAS mixing on real networks of every family: each donated
+    /// position's tensors are the donor's, shrink-perturbed (trained ones) or
+    /// copied (statistics); everything else is the fitter's. The MLP child
+    /// takes a LayerNorm only its donor has: the norm belongs to the norm
+    /// position, not to the layer's width.
+    #[test]
+    fn real_networks_mix_position_by_position() {
+        for f in families() {
+            let [a, b] = &f.bases;
+            let from_donor: Vec<bool> = (0..f.space.len()).map(|i| i % 2 == 1 || (f.name == "mlp" && i == 2)).collect();
+            let child = Architecture::new((0..f.space.len()).map(|i| if from_donor[i] { b.choices[i] } else { a.choices[i] }).collect());
+            let (fitter, _) = tensors(&f, a, 1);
+            let (donor, _) = tensors(&f, b, 2);
+            let (fresh, trainable) = tensors(&f, &child, 3);
+            let mixed = mixing::mix(&fresh, &trainable, &fitter, &donor, &from_donor, ShrinkPerturb::PAPER)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            assert_eq!(mixed.tensors.keys().collect::<Vec<_>>(), fresh.keys().collect::<Vec<_>>());
+            let mut donated = 0;
+            for (k, t) in &mixed.tensors {
+                match owner_of(&f, k) {
+                    Ownership::Position(i) if from_donor[i] => {
+                        donated += 1;
+                        if trainable.contains(k) {
+                            let expected = &donor[k] * 0.4 + &fresh[k] * 0.1;
+                            assert!(t.allclose(&expected, 1e-6, 1e-7, false), "{}: `{k}` is not 0.4 donor + 0.1 fresh", f.name);
+                        } else {
+                            assert!(t.equal(&donor[k]), "{}: `{k}` is not the donor's", f.name);
+                        }
+                    }
+                    _ => assert!(t.equal(&fitter[k]), "{}: `{k}` is not the fitter's", f.name),
+                }
+            }
+            assert!(donated > 0, "{}: no tensor was donated", f.name);
+            if f.name == "mlp" {
+                assert!(mixed.tensors.contains_key("pos2.layer0.norm.weight") && !fitter.contains_key("pos2.layer0.norm.weight"));
+            }
+        }
     }
 }

@@ -96,7 +96,7 @@ impl Reduction {
 
 enum Block {
     Cell(Cell),
-    Reduce(Reduction),
+    Reduce(Box<Reduction>),
 }
 
 pub struct Nb201Net {
@@ -107,6 +107,7 @@ pub struct Nb201Net {
 }
 
 impl Nb201Net {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale, channels: i64, cells: usize) -> Result<Self, TrainError> {
         check_space(space)?;
         let mut c = scaled(channels, scale.width);
@@ -119,11 +120,11 @@ impl Nb201Net {
         for stage in 0..3 {
             if stage > 0 {
                 let p = root / format!("reduce{stage}");
-                blocks.push(Block::Reduce(Reduction {
+                blocks.push(Block::Reduce(Box::new(Reduction {
                     a: ReluConvBn::new(&(&p / "a"), rng, c, 2 * c, 3, 2),
                     b: ReluConvBn::new(&(&p / "b"), rng, 2 * c, 2 * c, 3, 1),
                     shortcut: Conv2d::new(&(&p / "shortcut"), rng, ConvSpec { bias: false, ..ConvSpec::new(c, 2 * c, 1) }),
-                }));
+                })));
                 c *= 2;
             }
             for cell in 0..cells {
