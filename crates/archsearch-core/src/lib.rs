@@ -8,10 +8,10 @@
 //! strategy's whole state be saved with the study and restored on resume.
 
 pub mod space;
-pub mod strategy;
-pub mod strategies;
-pub mod trial;
 pub mod stats;
+pub mod strategies;
+pub mod strategy;
+pub mod trial;
 
 pub use space::{Architecture, Decision, HpKind, Hyperparameter, Space, SpaceError, SpaceKind};
 pub use strategy::{Job, Outcome, Rng, Strategy, StrategyError};

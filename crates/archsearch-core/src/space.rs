@@ -78,11 +78,7 @@ impl Hyperparameter {
     /// A uniform sample on the hyperparameter's scale.
     pub fn sample(&self, rng: &mut Rng) -> f64 {
         let u: f64 = rng.random();
-        let v = if self.log {
-            (self.low.ln() + u * (self.high.ln() - self.low.ln())).exp()
-        } else {
-            self.low + u * (self.high - self.low)
-        };
+        let v = if self.log { (self.low.ln() + u * (self.high.ln() - self.low.ln())).exp() } else { self.low + u * (self.high - self.low) };
         self.clamp(v)
     }
 
@@ -153,18 +149,15 @@ impl SpaceSpec {
                 let opts = match (num_options, options) {
                     (Some(k), None) => (0..*k).map(|i| format!("op{i}")).collect(),
                     (None, Some(o)) => o.clone(),
-                    _ => {
-                        return Err(SpaceError::Invalid(
-                            "a sequence space needs exactly one of `num_options` or `options`".into(),
-                        ))
-                    }
+                    _ => return Err(SpaceError::Invalid("a sequence space needs exactly one of `num_options` or `options`".into())),
                 };
+                if *length == 0 {
+                    return Err(SpaceError::Invalid("length = 0: a sequence space needs at least one position".into()));
+                }
                 Space::sequence_named(*length, opts, hyperparameters.clone())
             }
             SpaceSpec::Nb201 { hyperparameters } => Space::nb201().with_hyperparameters(hyperparameters.clone()),
-            SpaceSpec::Custom { decisions, hyperparameters } => {
-                Space::new(SpaceKind::Sequence, decisions.clone(), hyperparameters.clone())
-            }
+            SpaceSpec::Custom { decisions, hyperparameters } => Space::new(SpaceKind::Sequence, decisions.clone(), hyperparameters.clone()),
         }
     }
 }
@@ -260,10 +253,7 @@ impl Space {
     pub fn nb201() -> Self {
         let decisions = NB201_EDGES
             .iter()
-            .map(|(i, j)| Decision {
-                name: format!("edge{i}{j}"),
-                options: NB201_OPS.iter().map(|s| s.to_string()).collect(),
-            })
+            .map(|(i, j)| Decision { name: format!("edge{i}{j}"), options: NB201_OPS.iter().map(|s| s.to_string()).collect() })
             .collect();
         Space::new(SpaceKind::Nb201, decisions, Vec::new()).expect("the NB201 space is valid")
     }
@@ -374,10 +364,10 @@ impl Space {
     pub fn mix(&self, a: &Architecture, b: &Architecture, p: f64, rng: &mut Rng) -> (Architecture, Vec<bool>) {
         let mut child = a.clone();
         let mut from_b = vec![false; self.len()];
-        for i in 0..self.len() {
+        for (i, taken) in from_b.iter_mut().enumerate() {
             if rng.random_bool(p.clamp(0.0, 1.0)) {
                 child.choices[i] = b.choices[i];
-                from_b[i] = true;
+                *taken = true;
             }
         }
         (child, from_b)
@@ -523,7 +513,14 @@ impl Space {
     pub fn parse_any(&self, text: &str) -> Result<Architecture, SpaceError> {
         match self.parse(text) {
             Ok(a) => Ok(a),
-            Err(first) => self.parse_indices(text).map_err(|_| first),
+            // Text that can only be option indices gets the indices' error.
+            Err(first) => self.parse_indices(text).map_err(|e| {
+                if text.trim().bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b' ') {
+                    e
+                } else {
+                    first
+                }
+            }),
         }
     }
 }
@@ -635,8 +632,8 @@ mod tests {
                 let b = s.sample(&mut rng);
                 let (c, from_b) = s.mix(&a, &b, p, &mut rng);
                 prop_assert!(s.validate(&c).is_ok());
-                for i in 0..s.len() {
-                    prop_assert_eq!(c.choices[i], if from_b[i] { b.choices[i] } else { a.choices[i] });
+                for (i, &taken) in from_b.iter().enumerate() {
+                    prop_assert_eq!(c.choices[i], if taken { b.choices[i] } else { a.choices[i] });
                 }
                 prop_assert_eq!(&c.hyper, &a.hyper);
             }
@@ -673,12 +670,20 @@ mod tests {
         // start differently, so they never collide with each other or with
         // the generated `pos<i>` / `edge<ij>` names.
         let names = |first: &'static str, n: std::ops::Range<usize>| {
-            btree_set(proptest::string::string_regex(&format!("{first}[A-Za-z0-9_.-]{{0,9}}")).unwrap(), n).prop_map(|s| s.into_iter().collect::<Vec<String>>()).prop_shuffle()
+            btree_set(proptest::string::string_regex(&format!("{first}[A-Za-z0-9_.-]{{0,9}}")).unwrap(), n)
+                .prop_map(|s| s.into_iter().collect::<Vec<String>>())
+                .prop_shuffle()
         };
         let hyper = (any::<bool>(), any::<bool>(), -1e3f64..1e3, 1.0f64..1e4);
         (1usize..9, 0usize..4)
             .prop_flat_map(move |(len, n_hyper)| {
-                (0u8..3, names("[a-z]", len..len + 1), vec(names("[A-Za-z0-9]", 1..13), len), names("[_-]", n_hyper..n_hyper + 1), vec(hyper.clone(), n_hyper))
+                (
+                    0u8..3,
+                    names("[a-z]", len..len + 1),
+                    vec(names("[A-Za-z0-9]", 1..13), len),
+                    names("[_-]", n_hyper..n_hyper + 1),
+                    vec(hyper.clone(), n_hyper),
+                )
             })
             .prop_map(|(kind, decision_names, options, hyper_names, hyper)| {
                 let hyperparameters = hyper_names
@@ -690,7 +695,9 @@ mod tests {
                     })
                     .collect();
                 let spec = match kind {
-                    0 => SpaceSpec::Sequence { length: options.len(), num_options: None, options: Some(options[0].clone()), hyperparameters },
+                    0 => {
+                        SpaceSpec::Sequence { length: options.len(), num_options: None, options: Some(options[0].clone()), hyperparameters }
+                    }
                     1 => SpaceSpec::Custom {
                         decisions: decision_names.into_iter().zip(options).map(|(name, options)| Decision { name, options }).collect(),
                         hyperparameters,

@@ -184,7 +184,9 @@ impl Policy {
                     }
                     let o = self.offsets[t];
                     logits.clear();
-                    logits.extend((0..k).map(|c| p[head_b_off + o + c] + dot(&p[head_w_off + (o + c) * h..head_w_off + (o + c + 1) * h], &x)));
+                    logits.extend(
+                        (0..k).map(|c| p[head_b_off + o + c] + dot(&p[head_w_off + (o + c) * h..head_w_off + (o + c + 1) * h], &x)),
+                    );
                     let (c, lpc) = sample_logits(&logits, rng);
                     choices.push(c);
                     logp += lpc;
@@ -220,7 +222,8 @@ impl Policy {
                 rows.extend(chosen[..((t - 1) * b) as usize].iter().map(|g| g + 1));
                 let x = v.emb.as_ref().unwrap().index_select(0, &Tensor::from_slice(&rows)).view([t, b, h]);
                 let zeros = Tensor::zeros([self.spec.layers as i64, b, h], tch::kind::FLOAT_CPU);
-                let (out, _, _) = x.lstm(&[&zeros, &zeros], &v.lstm.iter().collect::<Vec<_>>(), true, self.spec.layers as i64, 0.0, false, false, false);
+                let (out, _, _) =
+                    x.lstm(&[&zeros, &zeros], &v.lstm.iter().collect::<Vec<_>>(), true, self.spec.layers as i64, 0.0, false, false, false);
                 out.matmul(&v.head_w.as_ref().unwrap().tr()) + v.head_b.as_ref().unwrap()
             }
         };

@@ -19,8 +19,8 @@ use tch::{Kind, Tensor};
 
 use crate::adam::Adam;
 use crate::policy::{Policy, PolicyKind};
-use crate::state::{pack, unpack};
 use crate::reinforce::Config as ReinforceConfig;
+use crate::state::{pack, unpack};
 use crate::Baseline;
 
 /// Settings of PPO. The controller fields mean what they mean for

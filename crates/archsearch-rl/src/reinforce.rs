@@ -133,9 +133,7 @@ impl Strategy for Reinforce {
         let Some(reward) = outcome.value() else { return Ok(()) };
         let advantage = self.baseline.advantage(reward, self.config.baseline_decay);
         let ew = self.config.entropy_weight;
-        let grad = self.policy.gradient(&[arch], |logp, entropy| {
-            -(logp.sum(Kind::Float) * advantage) - entropy.sum(Kind::Float) * ew
-        });
+        let grad = self.policy.gradient(&[arch], |logp, entropy| -(logp.sum(Kind::Float) * advantage) - entropy.sum(Kind::Float) * ew);
         self.adam.update(&mut self.policy.params, &grad);
         Ok(())
     }

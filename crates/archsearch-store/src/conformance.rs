@@ -47,13 +47,7 @@ fn at_step(arch: &str, step: u64) -> Launch {
 }
 
 fn complete(v: f64) -> Finish {
-    Finish {
-        state: TrialState::Complete,
-        value: Some(v),
-        metrics: BTreeMap::from([("acc".to_string(), v)]),
-        cost: 2.0,
-        error: None,
-    }
+    Finish { state: TrialState::Complete, value: Some(v), metrics: BTreeMap::from([("acc".to_string(), v)]), cost: 2.0, error: None }
 }
 
 /// Runs every conformance check, each on a fresh store from `make`.

@@ -22,8 +22,8 @@
 //! Storage is chosen by URL: a path or `sqlite://PATH` opens SQLite. Opening
 //! never writes to a file that is not an archsearch store.
 
-pub mod sqlite;
 pub mod conformance;
+pub mod sqlite;
 
 use std::collections::BTreeMap;
 
@@ -120,7 +120,10 @@ pub struct NewTrial {
 pub enum Launch {
     New(NewTrial),
     /// Resume the PAUSED trial `number` up to budget `step`.
-    Resume { number: u64, step: u64 },
+    Resume {
+        number: u64,
+        step: u64,
+    },
 }
 
 /// How a trial's evaluation ended: COMPLETE, FAIL, or PAUSED (evaluated to a
@@ -311,10 +314,8 @@ pub mod metrics {
     }
 
     pub fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
-        let out: BTreeMap<&str, Num> = m
-            .iter()
-            .map(|(k, &v)| (k.as_str(), if v.is_finite() { Num::Finite(v) } else { Num::Text(format!("{v}")) }))
-            .collect();
+        let out: BTreeMap<&str, Num> =
+            m.iter().map(|(k, &v)| (k.as_str(), if v.is_finite() { Num::Finite(v) } else { Num::Text(format!("{v}")) })).collect();
         out.serialize(s)
     }
 

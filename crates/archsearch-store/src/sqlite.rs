@@ -14,8 +14,8 @@ use archsearch_core::{Direction, TrialState};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::{
-    now, owner_alive, AskFn, Counts, Finish, Launch, NewStudy, Result, Started, StateLog, StateSince, StateWrite, Storage,
-    StoreError, StudyRecord, TellFn, TrialRecord,
+    now, owner_alive, AskFn, Counts, Finish, Launch, NewStudy, Result, Started, StateLog, StateSince, StateWrite, Storage, StoreError,
+    StudyRecord, TellFn, TrialRecord,
 };
 
 /// The schema tag of this version; older stores are migrated on open.
@@ -187,8 +187,11 @@ fn inspect(path: &str) -> Result<FileKind> {
         return Ok(FileKind::New);
     }
     let mut head = [0u8; 16];
-    let n = std::io::Read::read(&mut std::fs::File::open(path).map_err(|e| StoreError::Foreign { path: path.into(), reason: format!("cannot read it ({e})") })?, &mut head)
-        .unwrap_or(0);
+    let n = std::io::Read::read(
+        &mut std::fs::File::open(path).map_err(|e| StoreError::Foreign { path: path.into(), reason: format!("cannot read it ({e})") })?,
+        &mut head,
+    )
+    .unwrap_or(0);
     if n < 16 || &head != b"SQLite format 3\0" {
         return foreign("it is not a SQLite database".into());
     }
@@ -268,7 +271,9 @@ impl SqliteStorage {
     /// created, migrated or written.
     pub fn open_read_only(path: &str) -> Result<Self> {
         match inspect(path)? {
-            FileKind::New if !std::path::Path::new(path).exists() => Err(StoreError::Foreign { path: path.into(), reason: "there is no such file".into() }),
+            FileKind::New if !std::path::Path::new(path).exists() => {
+                Err(StoreError::Foreign { path: path.into(), reason: "there is no such file".into() })
+            }
             FileKind::New => Err(StoreError::Foreign { path: path.into(), reason: "it is empty".into() }),
             FileKind::Store(tag) => {
                 if !["archsearch-1", "archsearch-2", SCHEMA_TAG].contains(&tag.as_str()) {
@@ -285,7 +290,9 @@ impl SqliteStorage {
         // table (the pragma is a no-op inside a transaction, so it is set
         // around it), and on for everything else.
         self.conn
-            .execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+            )
             .map_err(err)?;
         let tag: Option<String> =
             self.conn.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| r.get(0)).optional().map_err(err)?;
@@ -375,7 +382,8 @@ fn row_to_study(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRecord> {
     })
 }
 
-const TRIAL_COLUMNS: &str = "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step, heartbeat";
+const TRIAL_COLUMNS: &str =
+    "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step, heartbeat";
 
 fn row_to_trial(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let state: String = r.get(2)?;
@@ -410,11 +418,10 @@ fn dir_str(d: Direction) -> &'static str {
 
 /// The state version and what changed in it since `known`.
 fn state_since(conn: &Connection, study: i64, known: u64) -> rusqlite::Result<(u64, StateLog)> {
-    let (version, snapshot_version, log_bytes, snapshot_bytes): (i64, i64, i64, i64) = conn.query_row(
-        "SELECT state_version, snapshot_version, log_bytes, snapshot_bytes FROM studies WHERE id = ?1",
-        [study],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?;
+    let (version, snapshot_version, log_bytes, snapshot_bytes): (i64, i64, i64, i64) =
+        conn.query_row("SELECT state_version, snapshot_version, log_bytes, snapshot_bytes FROM studies WHERE id = ?1", [study], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
     let (version, snapshot_version) = (version as u64, snapshot_version as u64);
     let entries = |after: u64| -> rusqlite::Result<Vec<Vec<u8>>> {
         conn.prepare_cached("SELECT entry FROM strategy_log WHERE study_id = ?1 AND version > ?2 ORDER BY version")?
@@ -524,7 +531,16 @@ impl Storage for SqliteStorage {
                 tx.execute(
                     "INSERT INTO trials (study_id, number, state, arch, arch_json, seed, started_at, owner, heartbeat, step)
                      VALUES (?1, ?2, 'RUNNING', ?3, ?4, ?5, ?6, ?7, ?6, ?8)",
-                    params![study, counts.started as i64, trial.arch, trial.arch_json, trial.seed as i64, t, owner, trial.step.map(|s| s as i64)],
+                    params![
+                        study,
+                        counts.started as i64,
+                        trial.arch,
+                        trial.arch_json,
+                        trial.seed as i64,
+                        t,
+                        owner,
+                        trial.step.map(|s| s as i64)
+                    ],
                 )
                 .map_err(err)?;
                 (tx.last_insert_rowid(), counts.started, 1)
@@ -622,11 +638,8 @@ impl Storage for SqliteStorage {
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         owned_state(&tx, trial, owner, &path)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO trial_values (trial_id, step, value) VALUES (?1, ?2, ?3)",
-            params![trial, step as i64, value],
-        )
-        .map_err(err)?;
+        tx.execute("INSERT OR REPLACE INTO trial_values (trial_id, step, value) VALUES (?1, ?2, ?3)", params![trial, step as i64, value])
+            .map_err(err)?;
         tx.execute("UPDATE trials SET heartbeat = ?2 WHERE id = ?1", params![trial, now()]).map_err(err)?;
         tx.commit().map_err(err)
     }
@@ -648,11 +661,8 @@ impl Storage for SqliteStorage {
             .conn
             .prepare(&format!("SELECT {} FROM trials WHERE study_id = ?1 ORDER BY number", self.trial_columns()))
             .map_err(|e| self.err(e))?;
-        let mut trials: Vec<TrialRecord> = stmt
-            .query_map([study], row_to_trial)
-            .map_err(|e| self.err(e))?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(|e| self.err(e))?;
+        let mut trials: Vec<TrialRecord> =
+            stmt.query_map([study], row_to_trial).map_err(|e| self.err(e))?.collect::<rusqlite::Result<_>>().map_err(|e| self.err(e))?;
         let mut values: BTreeMap<i64, Vec<(u64, f64)>> = BTreeMap::new();
         let mut stmt = self
             .conn
@@ -714,9 +724,8 @@ impl Storage for SqliteStorage {
             .conn
             .prepare("SELECT step, member, record FROM members WHERE study_id = ?1 ORDER BY step, member")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([study], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
-            .map_err(|e| self.err(e))?;
+        let rows =
+            stmt.query_map([study], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (step, member, record) = row.map_err(|e| self.err(e))?;
@@ -740,7 +749,10 @@ impl Storage for SqliteStorage {
         let mut out = BTreeMap::new();
         for row in rows {
             let (k, v) = row.map_err(|e| self.err(e))?;
-            out.insert(k, serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(format!("study attribute `{}`: {e}", &v[..v.len().min(40)])))?);
+            out.insert(
+                k,
+                serde_json::from_str(&v).map_err(|e| StoreError::Corrupt(format!("study attribute `{}`: {e}", &v[..v.len().min(40)])))?,
+            );
         }
         Ok(out)
     }
@@ -822,7 +834,13 @@ mod tests {
                 .replace("CREATE TABLE IF NOT EXISTS strategy_snapshots (\n    study_id INTEGER PRIMARY KEY REFERENCES studies(id),\n    state BLOB NOT NULL\n);", "")
                 .replace("NOT IN ('RUNNING', 'PAUSED')", "<> 'RUNNING'")
                 .replace("CREATE INDEX IF NOT EXISTS trials_paused ON trials (study_id) WHERE state = 'PAUSED';", "");
-            assert!(!v1.contains("PAUSED") && !v1.contains("step INTEGER,") && !v1.contains("uid") && !v1.contains("attempt_cost") && !v1.contains("snapshot"));
+            assert!(
+                !v1.contains("PAUSED")
+                    && !v1.contains("step INTEGER,")
+                    && !v1.contains("uid")
+                    && !v1.contains("attempt_cost")
+                    && !v1.contains("snapshot")
+            );
             c.execute_batch(&v1).unwrap();
             c.execute_batch(
                 "INSERT INTO meta VALUES ('schema', 'archsearch-1');
@@ -848,13 +866,22 @@ mod tests {
         // A study without a state is at the initial version; one with a state has it as its snapshot.
         assert_eq!(s.strategy_state(rec.id, 0).unwrap().1.since, crate::StateSince::Current);
         let other = s.study("with-state").unwrap();
-        assert_eq!(s.strategy_state(other.id, 0).unwrap(), (4, crate::StateLog { version: 4, since: crate::StateSince::Snapshot(vec![1, 2], vec![]), log_bytes: 0, snapshot_bytes: 2 }));
+        assert_eq!(
+            s.strategy_state(other.id, 0).unwrap(),
+            (4, crate::StateLog { version: 4, since: crate::StateSince::Snapshot(vec![1, 2], vec![]), log_bytes: 0, snapshot_bytes: 2 })
+        );
         assert_ne!(other.uid, rec.uid);
         // Finished trials stay immutable; new trials can pause.
         assert!(s.conn.execute("UPDATE trials SET value = 1 WHERE id = 7", []).is_err());
         let launch = crate::Launch::New(crate::NewTrial { arch: "b".into(), arch_json: "{}".into(), seed: 1, step: Some(1) });
         let st = s.ask(rec.id, 0, "me", &mut |_, _| Ok(Some((crate::StateWrite::snapshot(vec![]), launch.clone())))).unwrap().unwrap();
-        let f = crate::Finish { state: archsearch_core::TrialState::Paused, value: Some(0.1), metrics: Default::default(), cost: 1.0, error: None };
+        let f = crate::Finish {
+            state: archsearch_core::TrialState::Paused,
+            value: Some(0.1),
+            metrics: Default::default(),
+            cost: 1.0,
+            error: None,
+        };
         s.tell(rec.id, st.trial_id, "me", 0, &f, &mut |_| Ok((crate::StateWrite::snapshot(vec![]), vec![]))).unwrap();
         assert_eq!(s.trials(rec.id).unwrap()[1].state, archsearch_core::TrialState::Paused);
         // Opening again is a no-op.
@@ -906,8 +933,13 @@ mod tests {
         assert!(!missing.exists());
         assert!(super::SqliteStorage::open_read_only(p.to_str().unwrap()).err().unwrap().to_string().contains("empty"));
         let mut s = super::SqliteStorage::open(p.to_str().unwrap()).unwrap();
-        s.open_study(&crate::NewStudy { name: "x".into(), config: String::new(), seed: 0, direction: archsearch_core::Direction::Maximize })
-            .unwrap();
+        s.open_study(&crate::NewStudy {
+            name: "x".into(),
+            config: String::new(),
+            seed: 0,
+            direction: archsearch_core::Direction::Maximize,
+        })
+        .unwrap();
         drop(s);
         // Read-only: reads, refuses writes, and leaves the file as it was.
         let before = std::fs::read(&p).unwrap();

@@ -63,6 +63,18 @@ pub fn nb201_fidelities() -> Vec<(u64, String)> {
     vec![(12, "c10valid_valid12".into()), (200, "c10valid_valid200".into())]
 }
 
+/// The header of a CSV table: its column names (cheap; the rows are not read).
+pub fn csv_columns(name: &str, reader: impl std::io::Read) -> Result<Vec<String>, TaskError> {
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(reader);
+    let header = rdr.headers().map_err(|e| TaskError::Data { path: name.to_string(), message: e.to_string() })?;
+    Ok(header.iter().map(str::to_string).collect())
+}
+
+/// The column names of the embedded NAS-Bench-201 table.
+pub fn nb201_columns() -> Vec<String> {
+    csv_columns("nasbench201.csv (embedded)", NB201_CSV.as_bytes()).unwrap_or_default()
+}
+
 /// A task backed by a table with one row per architecture.
 pub struct TableTask {
     space: Space,
@@ -98,7 +110,13 @@ impl TableTask {
     }
 
     /// Reads a table from any reader; `name` is used in error messages.
-    pub fn from_reader(name: &str, reader: impl std::io::Read, space: Space, arch_column: &str, query: TableQuery) -> Result<Self, TaskError> {
+    pub fn from_reader(
+        name: &str,
+        reader: impl std::io::Read,
+        space: Space,
+        arch_column: &str,
+        query: TableQuery,
+    ) -> Result<Self, TaskError> {
         let data_err = |message: String| TaskError::Data { path: name.to_string(), message };
         if space.cardinality() > (u64::MAX / 2) as f64 {
             return Err(data_err("the space is too large to index as a table".into()));
@@ -125,9 +143,10 @@ impl TableTask {
             .ok_or_else(|| data_err(format!("no architecture column `{arch_column}` in the header")))?;
         let columns: Vec<String> = header.iter().enumerate().filter(|(i, _)| *i != arch_idx).map(|(_, h)| h.to_string()).collect();
         let col = |c: &str, what: &str| {
-            columns.iter().position(|h| h == c).ok_or_else(|| {
-                data_err(format!("{what} column `{c}` is not in the table (columns: {})", columns.join(", ")))
-            })
+            columns
+                .iter()
+                .position(|h| h == c)
+                .ok_or_else(|| data_err(format!("{what} column `{c}` is not in the table (columns: {})", columns.join(", "))))
         };
         let search = col(&query.search_column, "search")?;
         let report = col(&query.report_column, "report")?;
@@ -150,9 +169,8 @@ impl TableTask {
                 return Err(data_err(format!("line {line}: architecture `{text}` appears twice")));
             }
             for (j, field) in record.iter().enumerate().filter(|(j, _)| *j != arch_idx) {
-                let v: f64 = field.parse().map_err(|_| {
-                    data_err(format!("line {line}, column `{}`: `{field}` is not a number", &header[j]))
-                })?;
+                let v: f64 =
+                    field.parse().map_err(|_| data_err(format!("line {line}, column `{}`: `{field}` is not a number", &header[j])))?;
                 values.push(v);
             }
         }
@@ -171,7 +189,21 @@ impl TableTask {
                 Some(finite[finite.len() / 2])
             }
         };
-        Ok(TableTask { space, radix, rows, columns, values, search, report, cost, cost_per_query: query.cost_per_query, fidelities, search_budget, median_cost, query })
+        Ok(TableTask {
+            space,
+            radix,
+            rows,
+            columns,
+            values,
+            search,
+            report,
+            cost,
+            cost_per_query: query.cost_per_query,
+            fidelities,
+            search_budget,
+            median_cost,
+            query,
+        })
     }
 
     /// Number of architectures in the table.
@@ -275,7 +307,10 @@ impl Task for TableTask {
         let value = row[column];
         let row_cost = self.cost.map_or(0.0, |c| row[c]);
         if !row_cost.is_finite() {
-            return Err(TaskError::Failed(format!("cost column `{}` is {row_cost} for this architecture", self.columns[self.cost.unwrap_or(0)])));
+            return Err(TaskError::Failed(format!(
+                "cost column `{}` is {row_cost} for this architecture",
+                self.columns[self.cost.unwrap_or(0)]
+            )));
         }
         if let Some(b) = ctx.budget.filter(|_| value.is_finite()) {
             ctx.reporter.report(b, value);

@@ -96,7 +96,8 @@ impl View for &CpuView {
 pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -> Result<(), TrainError> {
     let err = |p: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
-    let views: Vec<(&str, CpuView)> = tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
+    let views: Vec<(&str, CpuView)> =
+        tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
     let tmp = dir.join(TEMPORARY);
     safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), &Some(to_metadata(fp)), &tmp).map_err(|e| err(&tmp, &e))?;
     let (current, previous) = (dir.join(FILE), dir.join(PREVIOUS));

@@ -170,7 +170,8 @@ fn canonical_url(kind: DatasetKind) -> Option<&'static str> {
 /// Downloads the four IDX files of `kind` into `dir` (those not there yet)
 /// from the data set's canonical address. Needs a network; not used by tests.
 pub fn download(kind: DatasetKind, dir: &Path) -> Result<(), TrainError> {
-    let base = canonical_url(kind).ok_or_else(|| TrainError::Data(format!("{kind:?} cannot be downloaded by archsearch; put its files in `data_dir`")))?;
+    let base = canonical_url(kind)
+        .ok_or_else(|| TrainError::Data(format!("{kind:?} cannot be downloaded by archsearch; put its files in `data_dir`")))?;
     std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e))?;
     for name in ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"] {
         let file = dir.join(format!("{name}.gz"));

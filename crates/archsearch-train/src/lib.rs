@@ -13,8 +13,8 @@
 
 pub mod checkpoint;
 pub mod data;
-pub mod nets;
 pub mod mixing;
+pub mod nets;
 pub mod nn;
 pub mod optim;
 pub mod trainer;
@@ -186,6 +186,9 @@ impl TrainTaskConfig {
         if let Some(t) = &self.target {
             t.check("target")?;
         }
+        if self.valid_fraction.is_nan() || self.valid_fraction <= 0.0 || self.valid_fraction >= 1.0 {
+            return Err(TrainError::Config(format!("[task] valid_fraction = {} must be in (0, 1)", self.valid_fraction)));
+        }
         if self.batch_size < 1 || self.threads < 1 {
             return Err(TrainError::Config("batch_size and threads must be >= 1".into()));
         }
@@ -262,7 +265,13 @@ pub struct TrainTask {
 impl TrainTask {
     /// Loads the data and prepares it for `fidelity`. `evaluate_test` adds
     /// the test accuracy to the metrics (final retraining only).
-    pub fn new(config: &TrainTaskConfig, space: Space, fidelity: Fidelity, evaluate_test: bool, device: Option<DeviceChoice>) -> Result<Self, TrainError> {
+    pub fn new(
+        config: &TrainTaskConfig,
+        space: Space,
+        fidelity: Fidelity,
+        evaluate_test: bool,
+        device: Option<DeviceChoice>,
+    ) -> Result<Self, TrainError> {
         config.check(&space)?;
         let device = device.unwrap_or(config.device).resolve()?;
         let raw = RawDataset::load_or_download(config.dataset, config.data_dir.as_deref(), config.download)?;
@@ -322,7 +331,11 @@ impl TrainTask {
 
     /// A freshly initialised network of `arch` as named CPU tensors, and the
     /// names of its trained parameters.
-    pub fn fresh_tensors(&self, arch: &Architecture, seed: u64) -> Result<(BTreeMap<String, tch::Tensor>, std::collections::BTreeSet<String>), TrainError> {
+    pub fn fresh_tensors(
+        &self,
+        arch: &Architecture,
+        seed: u64,
+    ) -> Result<(BTreeMap<String, tch::Tensor>, std::collections::BTreeSet<String>), TrainError> {
         let model = self.build(arch, seed)?;
         let vars = model.vs.variables();
         let trainable = vars.iter().filter(|(_, t)| t.requires_grad()).map(|(k, _)| k.clone()).collect();
@@ -377,11 +390,15 @@ impl Task for TrainTask {
             spec.schedule_epochs = Some(self.fidelity.epochs);
         }
         let reporter = &mut *ctx.reporter;
-        let slot = ctx.checkpoint.as_ref().map(|c| (c.dir.clone(), Fingerprint { config: self.config.weights_hash(&self.fidelity), ..c.fingerprint.clone() }));
-        let result = trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
-            reporter.report(epoch as u64, acc)
-        })
-        .map_err(fail)?;
+        let slot = ctx
+            .checkpoint
+            .as_ref()
+            .map(|c| (c.dir.clone(), Fingerprint { config: self.config.weights_hash(&self.fidelity), ..c.fingerprint.clone() }));
+        let result =
+            trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
+                reporter.report(epoch as u64, acc)
+            })
+            .map_err(fail)?;
         let params: i64 = model.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         let mut metrics = BTreeMap::from([
             ("valid_accuracy".to_string(), result.valid_accuracy),

@@ -74,7 +74,8 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                         (started - 1, arch, budget)
                     }
                     Job::Resume { trial, budget } => {
-                        let arch = archs.get(trial as usize).cloned().ok_or_else(|| anyhow!("seed {seed}: resume of unknown trial {trial}"))?;
+                        let arch =
+                            archs.get(trial as usize).cloned().ok_or_else(|| anyhow!("seed {seed}: resume of unknown trial {trial}"))?;
                         (trial, arch, Some(budget))
                     }
                     Job::Wait => return Err(anyhow!("seed {seed}: `{}` waited in a sequential replay", s.name())),

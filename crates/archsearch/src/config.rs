@@ -190,7 +190,72 @@ fn default_arch_column() -> String {
 /// Reads a TOML file into `T`, with errors that name the file, line and field.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| match pinpoint::<T>(&text, &e) {
+        Some(located) => anyhow::anyhow!("{}: {located}", path.display()),
+        None => anyhow::anyhow!("{}: {e}", path.display()),
+    })
+}
+
+/// The key an error inside a `kind`-tagged table is about. Such tables
+/// (`[space]`, `[task]`, `[strategy]`, `network = {...}`) are read whole
+/// before their variant is known, so the TOML parser can only point at the
+/// table's header; this finds the key by taking keys out one at a time
+/// until the error changes, and names it with its own line.
+fn pinpoint<T: serde::de::DeserializeOwned>(text: &str, e: &toml::de::Error) -> Option<String> {
+    let at_header = e.span().is_some_and(|s| text[s.start..].starts_with('['));
+    if !at_header {
+        return None;
+    }
+    let doc: toml::Table = toml::from_str(text).ok()?;
+    let message = e.message().to_string();
+    let fails_alike = |d: &toml::Table| match toml::Value::Table(d.clone()).try_into::<T>() {
+        Ok(_) => false,
+        Err(e) => e.message().lines().next() == message.lines().next(),
+    };
+    let mut path: Vec<String> = Vec::new();
+    loop {
+        let table = path.iter().try_fold(&doc, |t, k| t.get(k)?.as_table())?;
+        let culprit = table.keys().filter(|k| *k != "kind").find(|k| {
+            let mut d = doc.clone();
+            let parent = path.iter().try_fold(&mut d, |t, k| t.get_mut(k)?.as_table_mut());
+            parent.map(|t| t.remove(k.as_str())).is_some() && !fails_alike(&d)
+        })?;
+        path.push(culprit.clone());
+        let inner = path.iter().try_fold(&doc, |t, k| t.get(k)?.as_table());
+        if inner.is_none() || path.len() >= 4 {
+            break;
+        }
+        // A table value: look for the key inside it; keep this one if none is found.
+        let deeper = {
+            let t = inner?;
+            t.keys().filter(|k| *k != "kind").any(|k| {
+                let mut d = doc.clone();
+                let parent = path.iter().try_fold(&mut d, |t, k| t.get_mut(k)?.as_table_mut());
+                parent.map(|t| t.remove(k.as_str())).is_some() && !fails_alike(&d)
+            })
+        };
+        if !deeper {
+            break;
+        }
+    }
+    if path.len() < 2 {
+        return None;
+    }
+    // The line of the key: the first `key =` (or `key.`) after its table's header.
+    let header = format!("[{}]", path[0]);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == header).unwrap_or(0);
+    let key = path.get(1).unwrap_or(&path[0]);
+    let line = lines.iter().enumerate().skip(start + 1).find(|(_, l)| {
+        let l = l.trim_start();
+        l.strip_prefix(key.as_str()).is_some_and(|r| r.trim_start().starts_with('=') || r.starts_with('.'))
+    });
+    let (section, rest) = (&path[0], path[1..].join("."));
+    let place = match line {
+        Some((i, _)) => format!("line {}, ", i + 1),
+        None => String::new(),
+    };
+    Some(format!("{place}[{section}] `{rest}`: {message}"))
 }
 
 impl Config {
@@ -267,6 +332,42 @@ impl Config {
         if let TaskConfig::Train(t) = &self.task {
             t.check(&space).context("[task]")?;
         }
+        self.check_columns()?;
+        Ok(())
+    }
+
+    /// A table task's columns exist in its table (read from the header only).
+    fn check_columns(&self) -> Result<()> {
+        let (columns, table, named) = match &self.task {
+            TaskConfig::Nb201 { search_column, report_column, fidelities, .. } => {
+                let mut named = vec![("search_column", search_column.clone()), ("report_column", report_column.clone())];
+                named.extend(fidelities.iter().map(|f| ("fidelities", f.column.clone())));
+                (archsearch_tasks::tabular::nb201_columns(), "the NAS-Bench-201 table".to_string(), named)
+            }
+            TaskConfig::Table { file, arch_column, search_column, report_column, cost_column, fidelities, .. } => {
+                let Ok(f) = std::fs::File::open(file) else { return Ok(()) }; // reported with its reason when the task is built
+                let columns = archsearch_tasks::tabular::csv_columns(&file.display().to_string(), f)?;
+                if columns.is_empty() {
+                    return Ok(()); // an empty file: reported when the task is built
+                }
+                let mut named = vec![
+                    ("arch_column", arch_column.clone()),
+                    ("search_column", search_column.clone()),
+                    ("report_column", report_column.clone()),
+                ];
+                named.extend(cost_column.iter().map(|c| ("cost_column", c.clone())));
+                named.extend(fidelities.iter().map(|f| ("fidelities", f.column.clone())));
+                (columns, file.display().to_string(), named)
+            }
+            TaskConfig::Train(_) => return Ok(()),
+        };
+        for (field, column) in named {
+            if !columns.contains(&column) {
+                let shown: Vec<&str> = columns.iter().map(|c| c.as_str()).filter(|c| *c != "arch").take(12).collect();
+                let more = if columns.len() > 13 { ", …" } else { "" };
+                bail!("[task] {field} = `{column}` is not a column of {table} (columns: {}{more})", shown.join(", "));
+            }
+        }
         Ok(())
     }
 
@@ -301,7 +402,16 @@ impl Config {
                 };
                 Arc::new(TableTask::nb201(q)?)
             }
-            TaskConfig::Table { file, arch_column, search_column, report_column, cost_per_query, cost_column, cost_per_step, fidelities } => {
+            TaskConfig::Table {
+                file,
+                arch_column,
+                search_column,
+                report_column,
+                cost_per_query,
+                cost_column,
+                cost_per_step,
+                fidelities,
+            } => {
                 let q = TableQuery {
                     cost_per_query: *cost_per_query,
                     cost_column: cost_column.clone(),

@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use archsearch::bench::replay;
-use archsearch::{out, outln};
 use archsearch::config::{read_toml, Config};
 use archsearch::registry::StrategyConfig;
 use archsearch::report::{study_report, summary, table};
 use archsearch::study::Study;
+use archsearch::{out, outln};
 use archsearch_core::space::SpaceSpec;
 use archsearch_tasks::tabular::{TableQuery, TableTask};
 use archsearch_train::DeviceChoice;
@@ -232,7 +232,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(*args),
         Command::ProxyCheck { config, study, device, workers, json } => proxy_check(config, study, device, workers, json),
-        Command::Compare { config, variants, seeds, study, device, workers, json } => compare(config, variants, seeds, study, device, workers, json),
+        Command::Compare { config, variants, seeds, study, device, workers, json } => {
+            compare(config, variants, seeds, study, device, workers, json)
+        }
         Command::BenchStore { trials, strategy, study } => bench_store(trials, &strategy, study),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
             let device = device.choice().resolve()?;
@@ -293,7 +295,11 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
         (false, 0) => ProgressBar::new_spinner(),
         (false, n) => ProgressBar::new(n),
     };
-    let template = if total == 0 { "{spinner} {pos} trials finished  {elapsed_precise}  {msg}" } else { "{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}" };
+    let template = if total == 0 {
+        "{spinner} {pos} trials finished  {elapsed_precise}  {msg}"
+    } else {
+        "{bar:40} {pos}/{len} trials  {elapsed_precise}  {msg}"
+    };
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar.set_position(done);
     let best: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
@@ -337,11 +343,29 @@ fn proxy_check(config: PathBuf, study: Option<String>, device: Option<DeviceArg>
             outln!("{}", serde_json::to_string(r)?)?;
         }
     } else {
-        outln!("{:<24} {:<14} {:>6} {:>8} {:>8} {:>12} {:>8} {:>10}", "proxy", "target", "archs", "tau", "rho", "top-k overlap", "regret", "cost ratio")?;
+        outln!(
+            "{:<24} {:<14} {:>6} {:>8} {:>8} {:>12} {:>8} {:>10}",
+            "proxy",
+            "target",
+            "archs",
+            "tau",
+            "rho",
+            "top-k overlap",
+            "regret",
+            "cost ratio"
+        )?;
         for r in &reports {
             outln!(
                 "{:<24} {:<14} {:>6} {:>8.3} {:>8.3} {:>8.3} (k={}) {:>8.2} {:>10.3}",
-                r.proxy, r.target, r.architectures, r.kendall_tau, r.spearman_rho, r.topk_overlap, r.k, r.regret, r.cost_ratio
+                r.proxy,
+                r.target,
+                r.architectures,
+                r.kendall_tau,
+                r.spearman_rho,
+                r.topk_overlap,
+                r.k,
+                r.regret,
+                r.cost_ratio
             )?;
         }
         outln!("wall time {:.1} s; store {url}", start.elapsed().as_secs_f64())?;
@@ -349,11 +373,22 @@ fn proxy_check(config: PathBuf, study: Option<String>, device: Option<DeviceArg>
     Ok(())
 }
 
-fn compare(config: PathBuf, variants: Vec<String>, seeds: u64, study: Option<String>, device: Option<DeviceArg>, workers: Option<usize>, json: bool) -> Result<()> {
+fn compare(
+    config: PathBuf,
+    variants: Vec<String>,
+    seeds: u64,
+    study: Option<String>,
+    device: Option<DeviceArg>,
+    workers: Option<usize>,
+    json: bool,
+) -> Result<()> {
     let config = Config::load(&config)?;
     let variants: Vec<archsearch::pbt::Variant> = variants
         .iter()
-        .map(|v| serde_json::from_value(serde_json::Value::String(v.trim().to_string())).map_err(|_| anyhow::anyhow!("unknown variant `{v}` (known: pbt-nas, no-mixing, copy, reinit, mutation, pbt, random)")))
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.trim().to_string()))
+                .map_err(|_| anyhow::anyhow!("unknown variant `{v}` (known: pbt-nas, no-mixing, copy, reinit, mutation, pbt, random)"))
+        })
         .collect::<Result<_>>()?;
     let url = study.unwrap_or_else(|| format!("{}-compare.db", config.name()));
     let start = Instant::now();
@@ -408,7 +443,11 @@ fn bench(a: BenchArgs) -> Result<()> {
         (None, BenchTask::Nb201) => archsearch_tasks::tabular::nb201_fidelities(),
         (None, BenchTask::Table) => Vec::new(),
     };
-    let query = TableQuery { cost_per_step: a.cost_per_step, fidelities: fidelities.clone(), ..TableQuery::new(&a.search_column, &a.report_column) };
+    let query = TableQuery {
+        cost_per_step: a.cost_per_step,
+        fidelities: fidelities.clone(),
+        ..TableQuery::new(&a.search_column, &a.report_column)
+    };
     let task = match a.task {
         BenchTask::Nb201 => TableTask::nb201(query)?,
         BenchTask::Table => {
@@ -431,7 +470,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             _ => None,
         }
     };
-    let mut strategies: Vec<StrategyConfig> = a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim(), ladder)).collect::<Result<_>>()?;
+    let mut strategies: Vec<StrategyConfig> =
+        a.strategies.iter().map(|s| StrategyConfig::by_name(s.trim(), ladder)).collect::<Result<_>>()?;
     if let Some(lr) = a.learning_rate {
         for s in &mut strategies {
             s.set_learning_rate(lr);
@@ -443,7 +483,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             archsearch_tasks::Task::check_budget(&task, b).with_context(|| format!("`{}` asks for budget {b}", s.name()))?;
         }
     }
-    let budget = archsearch::bench::ReplayBudget { evaluations: a.budget.or(if a.cost.is_none() { Some(100) } else { None }), cost: a.cost };
+    let budget =
+        archsearch::bench::ReplayBudget { evaluations: a.budget.or(if a.cost.is_none() { Some(100) } else { None }), cost: a.cost };
     if !a.json {
         let per_run = match (budget.evaluations, budget.cost) {
             (Some(n), Some(c)) => format!("{n} evaluations or cost {c}"),
@@ -451,11 +492,31 @@ fn bench(a: BenchArgs) -> Result<()> {
             (None, Some(c)) => format!("simulated cost {c} ({} per step)", a.cost_per_step),
             (None, None) => unreachable!(),
         };
-        outln!("{per_run} per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked", a.seeds, a.search_column, a.report_column)?;
+        outln!(
+            "{per_run} per run, {} seeds; search on `{}`, report `{}` of the architecture each run picked",
+            a.seeds,
+            a.search_column,
+            a.report_column
+        )?;
         if let Some(l) = ladder.filter(|_| strategies.iter().any(|s| !s.budgets(space).unwrap_or_default().is_empty())) {
-            outln!("multi-fidelity: budgets {}..{} (η = {:.3}) on {}", l.min_budget, l.max_budget, l.eta, fidelities.iter().map(|(b, c)| format!("{b}={c}")).collect::<Vec<_>>().join(", "))?;
+            outln!(
+                "multi-fidelity: budgets {}..{} (η = {:.3}) on {}",
+                l.min_budget,
+                l.max_budget,
+                l.eta,
+                fidelities.iter().map(|(b, c)| format!("{b}={c}")).collect::<Vec<_>>().join(", ")
+            )?;
         }
-        outln!("{:<20} {:>16} {:>12} {:>10} {:>12} {:>10} {:>8}", "strategy", "report mean±std", "search mean", "distinct", "evaluations", "cost", "wall s")?;
+        outln!(
+            "{:<20} {:>16} {:>12} {:>10} {:>12} {:>10} {:>8}",
+            "strategy",
+            "report mean±std",
+            "search mean",
+            "distinct",
+            "evaluations",
+            "cost",
+            "wall s"
+        )?;
     }
     let start = Instant::now();
     for s in &strategies {
@@ -465,7 +526,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         } else {
             outln!(
                 "{:<20} {:>9.2} ± {:<4.2} {:>12.2} {:>10.1} {:>12.1} {:>10.0} {:>8.1}",
-                r.strategy, r.mean, r.std, r.search_mean, r.distinct, r.evaluations, r.cost, r.wall_seconds
+                r.strategy,
+                r.mean,
+                r.std,
+                r.search_mean,
+                r.distinct,
+                r.evaluations,
+                r.cost,
+                r.wall_seconds
             )?;
         }
     }
@@ -483,7 +551,10 @@ fn bench_store(trials: u64, strategy: &str, path: Option<PathBuf>) -> Result<()>
     std::fs::write(&cfg_path, text)?;
     let mut config = Config::load(&cfg_path)?;
     let (lo, hi) = (12, 200);
-    config.strategy = StrategyConfig::by_name(strategy, Some(archsearch::registry::Ladder { min_budget: lo, max_budget: hi, eta: hi as f64 / lo as f64 }))?;
+    config.strategy = StrategyConfig::by_name(
+        strategy,
+        Some(archsearch::registry::Ladder { min_budget: lo, max_budget: hi, eta: hi as f64 / lo as f64 }),
+    )?;
     config.check()?;
     let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?, None)?;
     let block = (trials / 10).max(1);

@@ -221,7 +221,8 @@ impl Run<'_> {
     /// The checkpoint of member `m` (it must carry `m`'s fingerprint).
     fn read_member(&self, m: &Member) -> Result<BTreeMap<String, tch::Tensor>> {
         let fp = self.task.fingerprint(&self.uid, format!("member-{}", m.id), &m.arch);
-        checkpoint::read(&self.dir(m.id), &fp).ok_or_else(|| anyhow!("member {}: no usable checkpoint in {}", m.id, self.dir(m.id).display()))
+        checkpoint::read(&self.dir(m.id), &fp)
+            .ok_or_else(|| anyhow!("member {}: no usable checkpoint in {}", m.id, self.dir(m.id).display()))
     }
 
     fn initial_state(&self) -> State {
@@ -256,7 +257,9 @@ impl Run<'_> {
         self.config.check()?;
         let (_, log) = self.store.strategy_state(self.study, 0)?;
         let mut state = match log.since {
-            archsearch_store::StateSince::Snapshot(bytes, _) if !bytes.is_empty() => serde_json::from_slice(&bytes).context("stored PBT state")?,
+            archsearch_store::StateSince::Snapshot(bytes, _) if !bytes.is_empty() => {
+                serde_json::from_slice(&bytes).context("stored PBT state")?
+            }
             _ => self.initial_state(),
         };
         let steps = self.config.steps();
@@ -264,8 +267,11 @@ impl Run<'_> {
             let until = (state.step + 1) * self.config.interval;
             train_all(self.task, &self.uid, &self.root, self.workers, self.config.epochs, &mut state.members, until);
             let step = state.step;
-            let records: Vec<(u64, String)> =
-                state.members.iter().map(|m| (m.id, serde_json::to_string(&record(&self.space, m, step)).expect("member serialises"))).collect();
+            let records: Vec<(u64, String)> = state
+                .members
+                .iter()
+                .map(|m| (m.id, serde_json::to_string(&record(&self.space, m, step)).expect("member serialises")))
+                .collect();
             on_step(step, &state.members);
             state.step += 1;
             let last = state.step == steps;
@@ -347,7 +353,9 @@ impl Run<'_> {
                 }
             }
             Variant::Mutation => {
-                let copy = |m: &BTreeMap<String, tch::Tensor>| m.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect();
+                let copy = |m: &BTreeMap<String, tch::Tensor>| {
+                    m.iter().filter(|(k, _)| !k.starts_with("meta.")).map(|(k, t)| (k.clone(), t.copy())).collect()
+                };
                 tensors = match rng.random_range(0..3) {
                     0 => copy(&model),
                     1 => {
@@ -415,36 +423,35 @@ impl Run<'_> {
 
 /// Trains every member up to epoch `until`, `workers` at a time.
 fn train_all(task: &TrainTask, uid: &str, root: &Path, workers: usize, total: usize, members: &mut [Member], until: usize) {
-        let next = AtomicUsize::new(0);
-        let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..workers.max(1))
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::SeqCst);
-                            let Some(m) = members.get(i) else { break };
-                            let fp = task.fingerprint(uid, format!("member-{}", m.id), &m.arch);
-                            let r = task
-                                .train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
-                                .map(|r| r.valid_accuracy)
-                                .map_err(|e| e.to_string());
-                            out.push((i, r));
-                        }
-                        out
-                    })
+    let next = AtomicUsize::new(0);
+    let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        let Some(m) = members.get(i) else { break };
+                        let fp = task.fingerprint(uid, format!("member-{}", m.id), &m.arch);
+                        let r = task
+                            .train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
+                            .map(|r| r.valid_accuracy)
+                            .map_err(|e| e.to_string());
+                        out.push((i, r));
+                    }
+                    out
                 })
-                .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("training thread")).collect()
-        });
-        for (i, r) in results {
-            match r {
-                Ok(acc) => (members[i].fitness, members[i].error) = (Some(acc), None),
-                Err(e) => (members[i].fitness, members[i].error) = (None, Some(e)),
-            }
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("training thread")).collect()
+    });
+    for (i, r) in results {
+        match r {
+            Ok(acc) => (members[i].fitness, members[i].error) = (Some(acc), None),
+            Err(e) => (members[i].fitness, members[i].error) = (None, Some(e)),
         }
+    }
 }
-
 
 /// The JSON record of a member at a step.
 fn record(space: &Space, m: &Member, step: usize) -> serde_json::Value {
@@ -482,7 +489,8 @@ pub fn run_study(
     // (and the data read) before a study row is written.
     let config = match store.study(config.name()) {
         Ok(rec) => {
-            let stored: crate::config::Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
+            let stored: crate::config::Config =
+                toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
             crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists in {url}", rec.name))?
         }
         Err(archsearch_store::StoreError::NoStudy(_)) => config.clone(),
@@ -567,7 +575,12 @@ pub fn compare(
             let v = serde_json::to_value(variant)?;
             c.study.name = Some(format!("{}-{}-s{}", config.name(), v.as_str().unwrap_or("variant"), c.study.seed));
             let (out, wall) = run_study(&c, &p, url, device, workers, true)?;
-            eprintln!("{} seed {}: test {:.2} ({wall:.0} s)", v.as_str().unwrap_or(""), c.study.seed, out.test_accuracy.unwrap_or(f64::NAN));
+            eprintln!(
+                "{} seed {}: test {:.2} ({wall:.0} s)",
+                v.as_str().unwrap_or(""),
+                c.study.seed,
+                out.test_accuracy.unwrap_or(f64::NAN)
+            );
             tests.push(out.test_accuracy.unwrap_or(f64::NAN));
             walls.push(wall);
             epochs = out.member_epochs;

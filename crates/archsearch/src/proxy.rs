@@ -108,7 +108,8 @@ pub struct ProxyReport {
 /// Compares `proxy` to `target` values of the same architectures (pairs with
 /// a NaN on either side are left out).
 pub fn compare(name: &str, target_name: &str, proxy: &[f64], target: &[f64], top_fraction: f64, cost_ratio: f64) -> Result<ProxyReport> {
-    let (p, t): (Vec<f64>, Vec<f64>) = proxy.iter().zip(target).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(a, b)| (*a, *b)).unzip();
+    let (p, t): (Vec<f64>, Vec<f64>) =
+        proxy.iter().zip(target).filter(|(a, b)| a.is_finite() && b.is_finite()).map(|(a, b)| (*a, *b)).unzip();
     if p.len() < 2 {
         bail!("proxy `{name}`: fewer than two architectures have both values");
     }
@@ -131,7 +132,11 @@ pub fn compare(name: &str, target_name: &str, proxy: &[f64], target: &[f64], top
 /// Runs the check of `path`; results go to the store at `url`.
 pub fn run(path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<Vec<ProxyReport>> {
     let mut file: CheckFile = read_toml(path)?;
-    let name = file.study.name.clone().unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "proxy-check".into()));
+    let name = file
+        .study
+        .name
+        .clone()
+        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "proxy-check".into()));
     file.study.name = Some(name.clone());
     let c = &file.check;
     if !(c.top_fraction > 0.0 && c.top_fraction <= 1.0) {
@@ -155,7 +160,9 @@ pub fn run(path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option
 
 fn tabular(file: &CheckFile, path: &Path) -> Result<Vec<ProxyReport>> {
     let c = &file.check;
-    let Some(first) = c.pairs.first() else { bail!("{}: [check] needs `pairs` (proxy and target columns) for a table task", path.display()) };
+    let Some(first) = c.pairs.first() else {
+        bail!("{}: [check] needs `pairs` (proxy and target columns) for a table task", path.display())
+    };
     let query = TableQuery::new(&first.proxy, &first.target);
     let table = match &file.task {
         TaskConfig::Nb201 { .. } => TableTask::nb201(query)?,
@@ -191,7 +198,11 @@ fn training(file: &CheckFile, path: &Path, url: &str, device: Option<DeviceChoic
     if c.proxies.is_empty() {
         bail!("{}: [check] needs `proxies` (fidelities) for a training task", path.display());
     }
-    let target = c.target.clone().or_else(|| task.target.clone()).with_context(|| format!("{}: no target fidelity ([check] target or [task] target)", path.display()))?;
+    let target = c
+        .target
+        .clone()
+        .or_else(|| task.target.clone())
+        .with_context(|| format!("{}: no target fidelity ([check] target or [task] target)", path.display()))?;
     if c.architectures < 2 {
         bail!("{}: [check] architectures must be >= 2 for a training task", path.display());
     }
@@ -205,7 +216,12 @@ fn training(file: &CheckFile, path: &Path, url: &str, device: Option<DeviceChoic
         t.proxy = fidelity.clone();
         t.target = None;
         let config = Config {
-            study: StudySection { name: Some(format!("{name}.{label}")), trials: Some(archs.len() as u64), cost: None, ..file.study.clone() },
+            study: StudySection {
+                name: Some(format!("{name}.{label}")),
+                trials: Some(archs.len() as u64),
+                cost: None,
+                ..file.study.clone()
+            },
             space: file.space.clone(),
             task: TaskConfig::Train(t),
             strategy: StrategyConfig::Fixed(fixed::Config { architectures: archs.clone() }),

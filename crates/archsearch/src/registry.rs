@@ -54,7 +54,12 @@ impl StrategyConfig {
         let c = match name {
             "successive-halving" | "sh" => {
                 let l = ladder()?;
-                StrategyConfig::SuccessiveHalving(successive_halving::Config { min_budget: l.min_budget, max_budget: l.max_budget, eta: l.eta, n: None })
+                StrategyConfig::SuccessiveHalving(successive_halving::Config {
+                    min_budget: l.min_budget,
+                    max_budget: l.max_budget,
+                    eta: l.eta,
+                    n: None,
+                })
             }
             "hyperband" => {
                 let l = ladder()?;
@@ -62,7 +67,12 @@ impl StrategyConfig {
             }
             "asha" => {
                 let l = ladder()?;
-                StrategyConfig::Asha(asha::Config { min_budget: l.min_budget, max_budget: l.max_budget, eta: l.eta, early_stopping_rate: 0 })
+                StrategyConfig::Asha(asha::Config {
+                    min_budget: l.min_budget,
+                    max_budget: l.max_budget,
+                    eta: l.eta,
+                    early_stopping_rate: 0,
+                })
             }
             "random" => StrategyConfig::Random(Default::default()),
             "evolution" | "rea" => StrategyConfig::Evolution(Default::default()),
@@ -95,7 +105,9 @@ impl StrategyConfig {
     /// strategy starts before any reaches its largest budget.
     pub fn first_bracket(&self, space: &Space) -> Result<Option<usize>> {
         Ok(match self {
-            StrategyConfig::SuccessiveHalving(c) => Some(successive_halving::SuccessiveHalving::new(space.clone(), c.clone(), 0)?.bracket_size()),
+            StrategyConfig::SuccessiveHalving(c) => {
+                Some(successive_halving::SuccessiveHalving::new(space.clone(), c.clone(), 0)?.bracket_size())
+            }
             StrategyConfig::Hyperband(c) => hyperband::Hyperband::new(space.clone(), c.clone(), 0)?.brackets().first().map(|b| b.0),
             _ => None,
         })

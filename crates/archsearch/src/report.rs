@@ -75,7 +75,11 @@ pub fn table(r: &StudyReport<'_>) -> String {
     let mut s = String::new();
     if !r.members.is_empty() {
         let _ = writeln!(s, "study `{}`: population history", r.study.name);
-        let _ = writeln!(s, "{:>4} {:>6} {:>9} {:>9}  {:<10} {:<24} lineage (position: parent/origin)", "step", "member", "fitness", "lr", "event", "choices");
+        let _ = writeln!(
+            s,
+            "{:>4} {:>6} {:>9} {:>9}  {:<10} {:<24} lineage (position: parent/origin)",
+            "step", "member", "fitness", "lr", "event", "choices"
+        );
         for m in r.members {
             let rec = &m.record;
             let lineage = rec["lineage"]

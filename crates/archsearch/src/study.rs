@@ -160,7 +160,9 @@ impl Beat {
             if let Some((trial, since)) = current {
                 match store.heartbeat(trial, owner, since.elapsed().as_secs_f64()) {
                     Ok(true) => {}
-                    Ok(false) => tracing::warn!(trial, "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat)"),
+                    Ok(false) => {
+                        tracing::warn!(trial, "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat)")
+                    }
                     Err(e) => tracing::warn!(trial, error = %e, "heartbeat failed"),
                 }
             }
@@ -261,7 +263,8 @@ impl Study {
         };
         let ladder = run_config.strategy.budgets(&space)?;
         for &b in &ladder {
-            task.check_budget(b).with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", run_config.strategy.name()))?;
+            task.check_budget(b)
+                .with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", run_config.strategy.name()))?;
         }
         build(run_config.study.seed)?;
         // Everything checked: now the study may be written.
@@ -440,8 +443,8 @@ impl Study {
                 let (beat, owner) = (&beat, &owner);
                 scope.spawn(move || beat.run(store, owner, every));
             }
-            let result = if claim_first { self.rerun_orphans(on_trial, &beat) } else { Ok(()) }
-                .and_then(|_| self.run_jobs(on_trial, abort, &beat));
+            let result =
+                if claim_first { self.rerun_orphans(on_trial, &beat) } else { Ok(()) }.and_then(|_| self.run_jobs(on_trial, abort, &beat));
             beat.stop.store(true, Ordering::Relaxed);
             result
         });
@@ -548,7 +551,14 @@ impl Study {
     /// the task fails the trial with its message; a failed trial is charged
     /// what it consumed. `None`: the trial was taken over by another runner
     /// meanwhile, and its result is dropped.
-    fn evaluate_and_tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>, beat: &Beat) -> Result<Option<TrialEvent>> {
+    fn evaluate_and_tell(
+        &mut self,
+        trial: i64,
+        number: u64,
+        arch: &Architecture,
+        budget: Option<u64>,
+        beat: &Beat,
+    ) -> Result<Option<TrialEvent>> {
         let checkpoint = self.checkpoint_root.as_ref().map(|root| CheckpointSlot {
             dir: root.join(format!("trial-{number}")),
             fingerprint: Fingerprint {
@@ -612,7 +622,15 @@ impl Study {
     }
 
     /// Tells the store and the strategy how a trial ended, in one transaction.
-    fn tell(&mut self, trial: i64, number: u64, arch: &Architecture, budget: Option<u64>, finish: Finish, outcome: Outcome) -> Result<Option<TrialEvent>> {
+    fn tell(
+        &mut self,
+        trial: i64,
+        number: u64,
+        arch: &Architecture,
+        budget: Option<u64>,
+        finish: Finish,
+        outcome: Outcome,
+    ) -> Result<Option<TrialEvent>> {
         let (space, strategy, seed, config) = (&self.space, &mut self.strategy, self.record.seed, &self.config);
         let build = || config.strategy.build(space, seed);
         let mut pruned = 0;
@@ -651,13 +669,10 @@ pub fn trial_seed(seed: u64, number: u64) -> u64 {
 
 /// The best complete trial of a study, if any.
 pub fn best(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord> {
-    trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete && t.value.is_some())
-        .fold(None, |best: Option<&TrialRecord>, t| match best {
-            Some(b) if !direction.better(t.value.unwrap(), b.value.unwrap()) => Some(b),
-            _ => Some(t),
-        })
+    trials.iter().filter(|t| t.state == TrialState::Complete && t.value.is_some()).fold(None, |best: Option<&TrialRecord>, t| match best {
+        Some(b) if !direction.better(t.value.unwrap(), b.value.unwrap()) => Some(b),
+        _ => Some(t),
+    })
 }
 
 #[cfg(test)]
@@ -730,7 +745,13 @@ mod tests {
         let host = archsearch_store::hostname();
         let dead = |n: u32| format!("{host}:{}@1:1", 999_999_000 + n);
         let mut store = archsearch_store::open(&url).unwrap();
-        let launch = Launch::New(NewTrial { arch: "a".into(), arch_json: serde_json::to_string(&Space::nb201().sample(&mut <archsearch_core::Rng as rand::SeedableRng>::seed_from_u64(0))).unwrap(), seed: 1, step: None });
+        let launch = Launch::New(NewTrial {
+            arch: "a".into(),
+            arch_json: serde_json::to_string(&Space::nb201().sample(&mut <archsearch_core::Rng as rand::SeedableRng>::seed_from_u64(0)))
+                .unwrap(),
+            seed: 1,
+            step: None,
+        });
         store.ask(id, 0, &dead(0), &mut |_, _| Ok(Some((StateWrite::snapshot(vec![]), launch.clone())))).unwrap();
         for n in 1..3 {
             assert_eq!(store.claim_orphans(id, &dead(n), 60.0).unwrap().len(), 1);

@@ -8,14 +8,11 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-
-
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
 }
-
 
 /// `show --json` of a one-study store; a store killed before its study was
 /// created (or before its first write: an empty file, which `show` refuses)
@@ -92,7 +89,19 @@ fn out_of_range_values_name_file_and_field() {
     // An option out of range in a space file.
     let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\nnum_options = 0\n");
     let table = write(d.path(), "t.csv", "arch,a\n000,1\n");
-    let e = stderr_of(&["bench", "--task", "table", "--table", table.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "a", "--report-column", "a"]);
+    let e = stderr_of(&[
+        "bench",
+        "--task",
+        "table",
+        "--table",
+        table.to_str().unwrap(),
+        "--space",
+        space.to_str().unwrap(),
+        "--search-column",
+        "a",
+        "--report-column",
+        "a",
+    ]);
     assert!(e.contains("space.toml") && e.contains("no options"), "{e}");
 }
 
@@ -101,10 +110,34 @@ fn csv_that_does_not_match_its_space_names_file_and_line() {
     let d = tempfile::tempdir().unwrap();
     let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\noptions = [\"a\", \"b\"]\n");
     let table = write(d.path(), "t.csv", "arch,acc\n000,1\n010,2\n030,3\n");
-    let e = stderr_of(&["bench", "--task", "table", "--table", table.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "acc", "--report-column", "acc"]);
+    let e = stderr_of(&[
+        "bench",
+        "--task",
+        "table",
+        "--table",
+        table.to_str().unwrap(),
+        "--space",
+        space.to_str().unwrap(),
+        "--search-column",
+        "acc",
+        "--report-column",
+        "acc",
+    ]);
     assert!(e.contains("t.csv") && e.contains("line 4"), "{e}");
     let missing = d.path().join("missing.csv");
-    let e = stderr_of(&["bench", "--task", "table", "--table", missing.to_str().unwrap(), "--space", space.to_str().unwrap(), "--search-column", "acc", "--report-column", "acc"]);
+    let e = stderr_of(&[
+        "bench",
+        "--task",
+        "table",
+        "--table",
+        missing.to_str().unwrap(),
+        "--space",
+        space.to_str().unwrap(),
+        "--search-column",
+        "acc",
+        "--report-column",
+        "acc",
+    ]);
     assert!(e.contains("missing.csv"), "{e}");
 }
 
@@ -112,9 +145,24 @@ fn csv_that_does_not_match_its_space_names_file_and_line() {
 fn table_bench_prints_json_per_strategy() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/table");
     let out = run_ok(&[
-        "bench", "--task", "table", "--table", root.join("table.csv").to_str().unwrap(), "--space",
-        root.join("space.toml").to_str().unwrap(), "--strategies", "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm",
-        "--budget", "20", "--seeds", "8", "--search-column", "proxy_acc", "--report-column", "final_acc", "--json",
+        "bench",
+        "--task",
+        "table",
+        "--table",
+        root.join("table.csv").to_str().unwrap(),
+        "--space",
+        root.join("space.toml").to_str().unwrap(),
+        "--strategies",
+        "random,evolution,reinforce,reinforce-lstm,ppo,ppo-lstm",
+        "--budget",
+        "20",
+        "--seeds",
+        "8",
+        "--search-column",
+        "proxy_acc",
+        "--report-column",
+        "final_acc",
+        "--json",
     ]);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
@@ -212,7 +260,11 @@ fn sigkill_and_resume_loses_nothing() {
         let mut kills = 0;
         let mut before: Vec<(u64, String, String, Option<f64>)> = Vec::new();
         for delay_ms in [150u64, 400, 700, 1000] {
-            let mut child = bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+            let mut child = bin()
+                .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
             std::thread::sleep(Duration::from_millis(delay_ms));
             let finished = child.try_wait().unwrap().is_some();
             if !finished {
@@ -249,7 +301,13 @@ fn two_processes_share_a_study() {
     let d = tempfile::tempdir().unwrap();
     let c = nb201_config(d.path(), "shared", "evolution", 3000);
     let db = d.path().join("shared.db");
-    let spawn = || bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let spawn = || {
+        bin()
+            .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
     let (mut a, mut b) = (spawn(), spawn());
     let pids = [a.id(), b.id()];
     assert!(a.wait().unwrap().success());

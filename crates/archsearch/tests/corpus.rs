@@ -6,11 +6,7 @@
 //! `corpus/idx/make_fixtures.py` writes them).
 //!
 //! Every case must exit non-zero without a panic, with an error that names
-//! the file at fault and the field, key or line. Cases whose message still
-//! lacks something because of code outside the data readers carry a
-//! `pending` note saying where the fix belongs: `every_malformed_input_is_refused_with_a_clear_error`
-//! checks only that they fail cleanly, and the ignored
-//! `pending_cases_name_what_they_should` checks their full message.
+//! the file at fault and the field, key or line.
 
 mod common;
 use common::bin;
@@ -19,27 +15,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-/// One malformed input: its fixture (relative to `tests/corpus`), what its
-/// error must contain, and, if the message is not yet right, where the fix
-/// belongs.
+/// One malformed input: its fixture (relative to `tests/corpus`) and what
+/// its error must contain.
 struct Case {
     fixture: &'static str,
     expect: &'static [&'static str],
-    pending: Option<&'static str>,
 }
 
 const fn ok(fixture: &'static str, expect: &'static [&'static str]) -> Case {
-    Case { fixture, expect, pending: None }
+    Case { fixture, expect }
 }
-
-const fn pending(fixture: &'static str, expect: &'static [&'static str], fix: &'static str) -> Case {
-    Case { fixture, expect, pending: Some(fix) }
-}
-
-/// Where the serde-tagged tables lose the key of a wrongly typed value.
-const TAGGED: &str = "crates/archsearch/src/config.rs: `[space]`, `[task]` and `[strategy]` are internally tagged enums \
-    (`#[serde(tag = \"kind\")]`), so serde buffers the table and a wrongly typed value is reported at the table's \
-    header line without its key";
 
 /// The table of cases. The file name of a config or CSV fixture is always
 /// expected too (configs: the config; CSV: the table; IDX: the expected
@@ -66,36 +51,25 @@ const CASES: &[Case] = &[
     ok("config/unknown-key-task-optimizer.toml", &["[task]", "`learning_rate`"]),
     ok("config/unknown-key-strategy.toml", &["[strategy]", "populaton"]),
     ok("config/unknown-key-strategy-pbt.toml", &["[strategy]", "`members`"]),
-    pending(
-        "config/unknown-key-strategy.toml",
-        &["line 5", "populaton"],
-        "crates/archsearch/src/config.rs: an unknown key of `[space]`, `[task]` or `[strategy]` is reported at the table's \
-         header line (3), not at the key's own line (5), because those tables are internally tagged enums",
-    ),
+    ok("config/unknown-key-strategy.toml", &["line 5", "populaton"]),
     // Wrong types.
     ok("config/wrong-type-study-trials.toml", &["line 2", "trials = \"ten\"", "expected u64"]),
     ok("config/wrong-type-study-seed.toml", &["line 2", "seed = -3"]),
     ok("config/wrong-type-study-direction.toml", &["line 2", "direction = \"up\"", "maximize"]),
     ok("config/wrong-type-study-trials-overflow.toml", &["line 2", "trials = 99999999999999999999"]),
     ok("config/wrong-type-space-length.toml", &["[space]", "expected usize"]),
-    pending("config/wrong-type-space-length.toml", &["length", "expected usize"], TAGGED),
+    ok("config/wrong-type-space-length.toml", &["length", "expected usize"]),
     ok("config/wrong-type-task-valid-fraction.toml", &["[task]", "expected f64"]),
-    pending("config/wrong-type-task-valid-fraction.toml", &["valid_fraction", "expected f64"], TAGGED),
+    ok("config/wrong-type-task-valid-fraction.toml", &["valid_fraction", "expected f64"]),
     ok("config/wrong-type-table-file.toml", &["[task]", "expected path string"]),
-    pending("config/wrong-type-table-file.toml", &["file", "expected path string", "line 7"], TAGGED),
+    ok("config/wrong-type-table-file.toml", &["file", "expected path string", "line 7"]),
     ok("config/wrong-type-strategy-population.toml", &["[strategy]", "expected usize"]),
-    pending("config/wrong-type-strategy-population.toml", &["population", "expected usize"], TAGGED),
+    ok("config/wrong-type-strategy-population.toml", &["population", "expected usize"]),
     // Out-of-range values.
     ok("config/range-study-trials-zero.toml", &["[study]", "trials = 0"]),
     ok("config/range-study-workers-zero.toml", &["[study]", "workers = 0"]),
     ok("config/range-study-cost-negative.toml", &["[study]", "cost = -5"]),
-    ok("config/range-space-length-zero.toml", &["[space]", "at least one decision"]),
-    pending(
-        "config/range-space-length-zero.toml",
-        &["[space]", "length"],
-        "crates/archsearch-core/src/space.rs (SpaceSpec::build): `length = 0` is refused as \"a space needs at least one \
-         decision\", without naming `length`",
-    ),
+    ok("config/range-space-length-zero.toml", &["[space]", "length = 0", "at least one position"]),
     ok("config/range-space-hyperparameter-bounds.toml", &["[space]", "`lr`", "low < high"]),
     ok("config/range-strategy-population-zero.toml", &["[strategy]", "`population`"]),
     ok("config/range-strategy-eta-one.toml", &["[strategy]", "eta = 1"]),
@@ -108,19 +82,8 @@ const CASES: &[Case] = &[
     ok("config/range-task-target-epochs-zero.toml", &["[task.target]", "epochs"]),
     ok("config/range-task-lr-negative.toml", &["[task.optimizer]", "lr = -1"]),
     ok("config/range-task-threads-zero.toml", &["[task]", "threads"]),
-    pending(
-        "config/range-task-valid-fraction.toml",
-        &["[task]", "valid_fraction = 2"],
-        "crates/archsearch-train/src/lib.rs (TrainTaskConfig::check) does not check `valid_fraction`, so it is refused \
-         only when the data is split, after the study is opened, and the error (\"opening study ...\") does not name \
-         the config file",
-    ),
-    pending(
-        "config/range-task-nb201-search-column.toml",
-        &["search_column", "`c10_nope`"],
-        "crates/archsearch/src/config.rs: a table task's columns are checked only when the study opens the table; the \
-         error names the embedded NAS-Bench-201 table, not the config file or `[task] search_column`",
-    ),
+    ok("config/range-task-valid-fraction.toml", &["[task]", "valid_fraction = 2"]),
+    ok("config/range-task-nb201-search-column.toml", &["search_column", "`c10_nope`"]),
     // Missing required fields.
     ok("config/missing-task.toml", &["missing field `task`"]),
     ok("config/missing-strategy.toml", &["missing field `strategy`"]),
@@ -144,9 +107,9 @@ const CASES: &[Case] = &[
     ok("config/unknown-macro-op.toml", &["[task]", "`pos0`", "`conv7x7`"]),
     ok("config/unknown-mlp-decision.toml", &["[task]", "`layer0.depth`"]),
     // CSV tables (space: 3 positions of `a`, `b`; search `acc`, report `final`).
-    ok("csv/missing-arch-column.csv", &["no architecture column `arch`"]),
-    ok("csv/missing-search-column.csv", &["search column `acc`"]),
-    ok("csv/missing-report-column.csv", &["report column `final`"]),
+    ok("csv/missing-arch-column.csv", &["arch_column = `arch` is not a column"]),
+    ok("csv/missing-search-column.csv", &["search_column = `acc` is not a column"]),
+    ok("csv/missing-report-column.csv", &["report_column = `final` is not a column"]),
     ok("csv/non-numeric-cell.csv", &["line 3", "column `acc`", "`x` is not a number"]),
     ok("csv/empty-cell.csv", &["line 3", "column `final`", "is not a number"]),
     ok("csv/too-few-fields.csv", &["line 3", "2 fields, the header has 3"]),
@@ -155,12 +118,7 @@ const CASES: &[Case] = &[
     ok("csv/option-not-in-space.csv", &["line 3", "`pos1`", "`c`"]),
     ok("csv/too-short-architecture.csv", &["line 3", "2 positions, the space has 3"]),
     ok("csv/index-out-of-range.csv", &["line 3"]),
-    pending(
-        "csv/index-out-of-range.csv",
-        &["line 3", "option index 2 is out of range"],
-        "crates/archsearch-core/src/space.rs (Space::parse_any): `012` in a space of 2 options is reported with the \
-         canonical-string error (\"architecture has 1 positions\") instead of the option-index error",
-    ),
+    ok("csv/index-out-of-range.csv", &["line 3", "option index 2 is out of range"]),
     ok("csv/duplicate-architecture.csv", &["line 3", "`a,a,a` appears twice"]),
     ok("csv/duplicate-column.csv", &["line 1", "`acc` appears twice"]),
     ok("csv/empty.csv", &["empty", "no header"]),
@@ -339,30 +297,15 @@ fn check_all(cases: &[&Case], check: impl Fn(&Case, &Outcome) -> Result<(), Stri
     problems.into_iter().map(|(_, e)| e).collect()
 }
 
-/// Every case fails cleanly; those without a pending fix name what they should.
+/// Every case fails cleanly and names what it should.
 #[test]
 fn every_malformed_input_is_refused_with_a_clear_error() {
     let cases: Vec<&Case> = CASES.iter().collect();
     let problems = check_all(&cases, |case, o| {
         failed_cleanly(case, o)?;
-        if case.pending.is_none() {
-            names_what_it_should(case, o)?;
-        }
-        Ok(())
+        names_what_it_should(case, o)
     });
     assert!(problems.is_empty(), "{} of {} cases:\n\n{}", problems.len(), CASES.len(), problems.join("\n\n"));
-}
-
-/// The cases whose message needs a fix outside the data readers (each says
-/// where); un-ignore once those land.
-#[test]
-#[ignore = "needs fixes in config.rs, archsearch-train/src/lib.rs and archsearch-core/src/space.rs: see each case's `pending` note"]
-fn pending_cases_name_what_they_should() {
-    let cases: Vec<&Case> = CASES.iter().filter(|c| c.pending.is_some()).collect();
-    let problems = check_all(&cases, |case, o| {
-        failed_cleanly(case, o).and_then(|()| names_what_it_should(case, o)).map_err(|e| format!("{e}\n  fix: {}", case.pending.unwrap()))
-    });
-    assert!(problems.is_empty(), "{} pending cases:\n\n{}", problems.len(), problems.join("\n\n"));
 }
 
 /// Every fixture file is used by a case, and every case's fixture exists

@@ -170,7 +170,11 @@ fn sigkill_during_hyperband_and_resume_gives_the_uninterrupted_study() {
     let mut kills = 0;
     let mut before: Vec<Row> = Vec::new();
     for delay_ms in [150u64, 400, 700] {
-        let mut child = bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = bin()
+            .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             // SAFETY: plain kill(2) of our own child.
@@ -199,8 +203,16 @@ fn sigkill_during_hyperband_and_resume_gives_the_uninterrupted_study() {
 #[test]
 fn bench_compares_multi_fidelity_and_full_fidelity_at_equal_cost() {
     let out = run_ok(&[
-        "bench", "--strategies", "random,evolution,successive-halving,hyperband,asha", "--cost", "4000", "--seeds", "20",
-        "--search-column", "c10valid_valid200", "--json",
+        "bench",
+        "--strategies",
+        "random,evolution,successive-halving,hyperband,asha",
+        "--cost",
+        "4000",
+        "--seeds",
+        "20",
+        "--search-column",
+        "c10valid_valid200",
+        "--json",
     ]);
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 5);

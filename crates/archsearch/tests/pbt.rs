@@ -7,8 +7,6 @@ use common::{bin, run_ok};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
-
 fn members(db: &Path) -> Vec<serde_json::Value> {
     let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -141,7 +139,7 @@ fn a_killed_run_resumes_to_the_same_population() {
     child.wait().unwrap();
     assert!(killed, "the run ended before it could be killed");
     let recorded = members(&db).len();
-    assert!(recorded >= 4 && recorded < 16, "{recorded}");
+    assert!((4..16).contains(&recorded), "{recorded}");
     run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let clean = d.path().join("clean.db");
     run_ok(&["run", c.to_str().unwrap(), "--study", clean.to_str().unwrap(), "--quiet"]);
@@ -157,8 +155,15 @@ fn compare_runs_every_variant() {
     let c = config(d.path(), "cmp", "pbt-nas", 4, 2);
     let db = d.path().join("cmp.db");
     let out = run_ok(&[
-        "compare", c.to_str().unwrap(), "--variants", "pbt-nas,no-mixing,copy,reinit,mutation,pbt,random", "--seeds", "1", "--study",
-        db.to_str().unwrap(), "--json",
+        "compare",
+        c.to_str().unwrap(),
+        "--variants",
+        "pbt-nas,no-mixing,copy,reinit,mutation,pbt,random",
+        "--seeds",
+        "1",
+        "--study",
+        db.to_str().unwrap(),
+        "--json",
     ]);
     let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(rows.len(), 7);

@@ -6,8 +6,6 @@ use common::{bin, run_ok};
 
 use std::path::Path;
 
-
-
 fn rows(text: &str) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -77,7 +75,11 @@ proxies = [
     }
     let shown = run_ok(&["show", db.to_str().unwrap(), "--json"]);
     let studies: Vec<serde_json::Value> = shown.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let per_fidelity: Vec<usize> = studies.iter().filter(|s| s["study"]["name"].as_str().unwrap().starts_with("tiny-proxy.")).map(|s| s["trials"].as_array().unwrap().len()).collect();
+    let per_fidelity: Vec<usize> = studies
+        .iter()
+        .filter(|s| s["study"]["name"].as_str().unwrap().starts_with("tiny-proxy."))
+        .map(|s| s["trials"].as_array().unwrap().len())
+        .collect();
     assert_eq!(per_fidelity, vec![4, 4, 4]);
 }
 

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-
-
 fn show(db: &Path) -> serde_json::Value {
     let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
     serde_json::from_str(text.lines().next().unwrap()).unwrap()
@@ -135,7 +133,8 @@ fn successive_halving_resumes_promoted_trials_from_their_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let evolution = "kind = \"evolution\"\npopulation = 2\nsample = 2\n";
     let c = config(d.path(), "sh", 3, 3, "");
-    let text = std::fs::read_to_string(&c).unwrap().replace(evolution, "kind = \"successive-halving\"\nmin_budget = 1\nmax_budget = 3\nn = 3\n");
+    let text =
+        std::fs::read_to_string(&c).unwrap().replace(evolution, "kind = \"successive-halving\"\nmin_budget = 1\nmax_budget = 3\nn = 3\n");
     std::fs::write(&c, text).unwrap();
     let db = d.path().join("sh.db");
     run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
@@ -155,7 +154,8 @@ fn successive_halving_resumes_promoted_trials_from_their_checkpoint() {
     // The same architectures trained straight for 3 epochs, with the same trial seeds.
     let archs: Vec<String> = trials.iter().map(|t| format!("{:?}", t["arch"].as_str().unwrap())).collect();
     let c2 = config(d.path(), "straight", 3, 3, "");
-    let text = std::fs::read_to_string(&c2).unwrap().replace(evolution, &format!("kind = \"fixed\"\narchitectures = [{}]\n", archs.join(", ")));
+    let text =
+        std::fs::read_to_string(&c2).unwrap().replace(evolution, &format!("kind = \"fixed\"\narchitectures = [{}]\n", archs.join(", ")));
     std::fs::write(&c2, text).unwrap();
     let db2 = d.path().join("straight.db");
     run_ok(&["run", c2.to_str().unwrap(), "--study", db2.to_str().unwrap(), "--quiet"]);

@@ -72,7 +72,11 @@ fn a_new_study_never_loads_the_checkpoints_of_a_deleted_one() {
     assert!(d.path().join("s.db.ckpt/tiny/trial-0/checkpoint.safetensors").exists());
     std::fs::remove_file(&db).unwrap();
     let c = training_config(d.path(), 0.2);
-    let out = bin().args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]).env("ARCHSEARCH_LOG", "warn").output().unwrap();
+    let out = bin()
+        .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
+        .env("ARCHSEARCH_LOG", "warn")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let warnings = String::from_utf8_lossy(&out.stderr);
     assert!(warnings.contains("checkpoint of another study") && warnings.contains("trial-0/checkpoint.safetensors"), "{warnings}");
@@ -93,10 +97,18 @@ fn a_new_study_never_loads_the_checkpoints_of_a_deleted_one() {
 fn a_config_error_does_not_poison_the_store() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("s.db");
-    let bad = write(d.path(), "nb.toml", "[study]\ntrials = 5\n[task]\nkind = \"nb201\"\nsearch_column = \"c10valid_valid13\"\n[strategy]\nkind = \"random\"\n");
+    let bad = write(
+        d.path(),
+        "nb.toml",
+        "[study]\ntrials = 5\n[task]\nkind = \"nb201\"\nsearch_column = \"c10valid_valid13\"\n[strategy]\nkind = \"random\"\n",
+    );
     let e = stderr_of(&["run", bad.to_str().unwrap(), "--study", db.to_str().unwrap()]);
     assert!(e.contains("c10valid_valid13"), "{e}");
-    let good = write(d.path(), "nb.toml", "[study]\ntrials = 5\n[task]\nkind = \"nb201\"\nsearch_column = \"c10valid_valid12\"\n[strategy]\nkind = \"random\"\n");
+    let good = write(
+        d.path(),
+        "nb.toml",
+        "[study]\ntrials = 5\n[task]\nkind = \"nb201\"\nsearch_column = \"c10valid_valid12\"\n[strategy]\nkind = \"random\"\n",
+    );
     run_ok(&["run", good.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let v = show(&db);
     assert_eq!(v["complete"], 5);
@@ -135,7 +147,8 @@ fn an_all_nan_table_with_a_cost_budget_ends() {
 #[test]
 fn a_cost_only_budget_is_not_capped_at_100_trials() {
     let d = tempfile::tempdir().unwrap();
-    let c = write(d.path(), "nb.toml", "[study]\ncost = 150\n[task]\nkind = \"nb201\"\ncost_per_query = 1.0\n[strategy]\nkind = \"random\"\n");
+    let c =
+        write(d.path(), "nb.toml", "[study]\ncost = 150\n[task]\nkind = \"nb201\"\ncost_per_query = 1.0\n[strategy]\nkind = \"random\"\n");
     let db = d.path().join("s.db");
     run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     assert_eq!(show(&db)["trials"].as_array().unwrap().len(), 150);
@@ -152,7 +165,13 @@ fn a_changed_config_is_refused_and_a_larger_budget_extends() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("s.db");
     let cfg = |trials: u64, search: &str| {
-        write(d.path(), "nb.toml", &format!("[study]\ntrials = {trials}\n[task]\nkind = \"nb201\"\nsearch_column = \"{search}\"\n[strategy]\nkind = \"evolution\"\n"))
+        write(
+            d.path(),
+            "nb.toml",
+            &format!(
+                "[study]\ntrials = {trials}\n[task]\nkind = \"nb201\"\nsearch_column = \"{search}\"\n[strategy]\nkind = \"evolution\"\n"
+            ),
+        )
     };
     run_ok(&["run", cfg(20, "c10valid_valid12").to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let e = stderr_of(&["run", cfg(20, "c10valid_valid200").to_str().unwrap(), "--study", db.to_str().unwrap()]);
@@ -165,7 +184,8 @@ fn a_changed_config_is_refused_and_a_larger_budget_extends() {
     // The extended study equals one run to 30 from the start.
     let db2 = d.path().join("straight.db");
     run_ok(&["run", cfg(30, "c10valid_valid12").to_str().unwrap(), "--study", db2.to_str().unwrap(), "--quiet"]);
-    let archs = |v: &serde_json::Value| v["trials"].as_array().unwrap().iter().map(|t| t["arch"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let archs =
+        |v: &serde_json::Value| v["trials"].as_array().unwrap().iter().map(|t| t["arch"].as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(archs(&v), archs(&show(&db2)));
 }
 
@@ -214,7 +234,11 @@ fn show_never_creates_or_changes_a_store() {
 fn a_study_name_cannot_write_outside_its_checkpoint_folder() {
     let d = tempfile::tempdir().unwrap();
     for name in ["../../x", "a/b", "..", ""] {
-        let c = write(d.path(), "n.toml", &format!("[study]\nname = {name:?}\ntrials = 2\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n"));
+        let c = write(
+            d.path(),
+            "n.toml",
+            &format!("[study]\nname = {name:?}\ntrials = 2\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n"),
+        );
         let e = stderr_of(&["run", c.to_str().unwrap(), "--study", d.path().join("s.db").to_str().unwrap()]);
         assert!(e.contains("study name"), "{name}: {e}");
     }

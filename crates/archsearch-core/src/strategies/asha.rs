@@ -261,9 +261,9 @@ impl Strategy for Asha {
         Ok(Job::Start { arch, budget: Some(self.budgets[0]) })
     }
     fn tell_job(&mut self, trial: u64, _arch: &Architecture, budget: Option<u64>, outcome: Outcome) -> Result<Vec<u64>, StrategyError> {
-        let k = budget
-            .and_then(|b| self.budgets.iter().position(|&r| r == b))
-            .ok_or_else(|| StrategyError::State(format!("trial {trial} was told at budget {budget:?}, not a rung of {:?}", self.budgets)))?;
+        let k = budget.and_then(|b| self.budgets.iter().position(|&r| r == b)).ok_or_else(|| {
+            StrategyError::State(format!("trial {trial} was told at budget {budget:?}, not a rung of {:?}", self.budgets))
+        })?;
         let value = match outcome {
             Outcome::Complete { value } => Some(value),
             Outcome::Pruned { .. } | Outcome::Failed => None,
@@ -324,7 +324,14 @@ mod tests {
         fn new(space: Space, config: Config, seed: u64) -> Self {
             let budgets = Asha::new(space.clone(), config.clone(), seed).unwrap().budgets;
             let n = budgets.len();
-            Reference { space, eta: config.eta, budgets, rng: Rng::seed_from_u64(seed), rungs: vec![Vec::new(); n], promoted: vec![BTreeSet::new(); n] }
+            Reference {
+                space,
+                eta: config.eta,
+                budgets,
+                rng: Rng::seed_from_u64(seed),
+                rungs: vec![Vec::new(); n],
+                promoted: vec![BTreeSet::new(); n],
+            }
         }
 
         fn promotable(&self, k: usize) -> Option<u64> {
@@ -359,7 +366,11 @@ mod tests {
             let rungs: Vec<Vec<serde_json::Value>> = self
                 .rungs
                 .iter()
-                .map(|r| r.iter().map(|&(trial, value)| serde_json::json!({ "trial": trial, "arch": archs[trial as usize], "value": value })).collect())
+                .map(|r| {
+                    r.iter()
+                        .map(|&(trial, value)| serde_json::json!({ "trial": trial, "arch": archs[trial as usize], "value": value }))
+                        .collect()
+                })
                 .collect();
             serde_json::to_vec(&serde_json::json!({ "rng": self.rng, "rungs": rungs, "promoted": self.promoted })).unwrap()
         }
@@ -544,7 +555,8 @@ mod tests {
 
     #[test]
     fn a_trial_told_twice_at_a_rung_is_refused() {
-        let mut asha = Asha::new(Space::sequence(3, 3), Config { min_budget: 1, max_budget: 9, eta: 3.0, early_stopping_rate: 0 }, 0).unwrap();
+        let mut asha =
+            Asha::new(Space::sequence(3, 3), Config { min_budget: 1, max_budget: 9, eta: 3.0, early_stopping_rate: 0 }, 0).unwrap();
         let Job::Start { arch, .. } = asha.ask_job(0).unwrap() else { panic!() };
         asha.tell_job(0, &arch, Some(1), Outcome::Complete { value: 1.0 }).unwrap();
         let before = asha.save_state().unwrap();
@@ -555,12 +567,14 @@ mod tests {
 
     #[test]
     fn promotes_as_soon_as_a_trial_is_in_the_top_third() {
-        let mut asha = Asha::new(Space::sequence(8, 5), Config { min_budget: 1, max_budget: 9, eta: 3.0, early_stopping_rate: 0 }, 2).unwrap();
+        let mut asha =
+            Asha::new(Space::sequence(8, 5), Config { min_budget: 1, max_budget: 9, eta: 3.0, early_stopping_rate: 0 }, 2).unwrap();
         let log = run_sequential(&mut asha, 60, &score);
         // Three bottom-rung trials come first; the fourth job is a promotion
         // of the best of them.
         assert!(log.jobs[..3].iter().all(|j| j.1 == 1 && !j.2));
-        let best = (0..3u64).max_by(|a, b| score(&log.archs[*a as usize]).total_cmp(&score(&log.archs[*b as usize])).then(b.cmp(a))).unwrap();
+        let best =
+            (0..3u64).max_by(|a, b| score(&log.archs[*a as usize]).total_cmp(&score(&log.archs[*b as usize])).then(b.cmp(a))).unwrap();
         assert_eq!(log.jobs[3], (best, 3, true));
         // Every promotion was of a trial then in the top ⌊|rung|/η⌋ of its rung.
         let budgets = [1u64, 3, 9];

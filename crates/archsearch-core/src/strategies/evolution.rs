@@ -57,11 +57,7 @@ impl RegularizedEvolution {
         if config.population == 0 || config.sample == 0 {
             return Err(StrategyError::Config("`population` and `sample` must be >= 1".into()));
         }
-        Ok(RegularizedEvolution {
-            space,
-            config,
-            state: State { rng: Rng::seed_from_u64(seed), asked: 0, population: VecDeque::new() },
-        })
+        Ok(RegularizedEvolution { space, config, state: State { rng: Rng::seed_from_u64(seed), asked: 0, population: VecDeque::new() } })
     }
 }
 

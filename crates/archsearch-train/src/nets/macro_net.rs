@@ -101,7 +101,15 @@ pub struct MacroNet {
 }
 
 impl MacroNet {
-    pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale, shape: Shape<'_>) -> Result<Self, TrainError> {
+    pub fn new(
+        root: &Path,
+        rng: &mut InitRng,
+        space: &Space,
+        arch: &Architecture,
+        io: IoShape,
+        scale: Scale,
+        shape: Shape<'_>,
+    ) -> Result<Self, TrainError> {
         let Shape { channels, reductions, stem_stride } = shape;
         check_space(space)?;
         let l = space.len();
@@ -109,7 +117,11 @@ impl MacroNet {
         let reductions: Vec<usize> = reductions.map(|r| r.to_vec()).unwrap_or_else(|| default.iter().copied().filter(|&r| r > 0).collect());
         let mut c = scaled(channels, scale.width);
         let stem = (
-            Conv2d::new(&(root / "stem" / "conv"), rng, ConvSpec { stride: stem_stride.max(1), bias: false, ..ConvSpec::new(io.channels, c, 3) }),
+            Conv2d::new(
+                &(root / "stem" / "conv"),
+                rng,
+                ConvSpec { stride: stem_stride.max(1), bias: false, ..ConvSpec::new(io.channels, c, 3) },
+            ),
             BatchNorm::new(&(root / "stem" / "bn"), c),
         );
         let mut layers = Vec::with_capacity(l);

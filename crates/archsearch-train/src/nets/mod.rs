@@ -103,7 +103,15 @@ impl NetConfig {
     }
 
     /// Builds the network of `arch` with freshly initialised weights drawn from `seed`.
-    pub fn build(&self, space: &Space, arch: &Architecture, io: IoShape, scale: Scale, device: Device, seed: u64) -> Result<Model, TrainError> {
+    pub fn build(
+        &self,
+        space: &Space,
+        arch: &Architecture,
+        io: IoShape,
+        scale: Scale,
+        device: Device,
+        seed: u64,
+    ) -> Result<Model, TrainError> {
         let vs = VarStore::new(device);
         let mut rng = InitRng::seed_from_u64(seed);
         let root = vs.root();
@@ -190,7 +198,10 @@ mod tests {
 
     #[test]
     fn unknown_macro_ops_and_malformed_mlp_spaces_are_rejected() {
-        let bad = toml::from_str::<SpaceSpec>("kind = \"sequence\"\nlength = 2\noptions = [\"conv3x3\", \"conv7x7\"]\n").unwrap().build().unwrap();
+        let bad = toml::from_str::<SpaceSpec>("kind = \"sequence\"\nlength = 2\noptions = [\"conv3x3\", \"conv7x7\"]\n")
+            .unwrap()
+            .build()
+            .unwrap();
         let e = NetConfig::Macro { channels: 8, reductions: None, stem_stride: 1 }.check_space(&bad).unwrap_err();
         assert!(e.to_string().contains("conv7x7"), "{e}");
         let e = NetConfig::Mlp.check_space(&bad).unwrap_err();
@@ -204,7 +215,12 @@ mod tests {
         let net = NetConfig::Nb201 { channels: 4, cells: 1 };
         let m = net.build(&space, &arch, IoShape { channels: 3, resolution: 8, classes: 10 }, ONE, Device::Cpu, 0).unwrap();
         let vars = m.vs.variables();
-        for name in ["pos0.stage0.cell0.conv.weight", "pos3.stage2.cell0.bn.running_mean", "pos5.stage1.cell0.conv.weight", "reduce1.shortcut.weight"] {
+        for name in [
+            "pos0.stage0.cell0.conv.weight",
+            "pos3.stage2.cell0.bn.running_mean",
+            "pos5.stage1.cell0.conv.weight",
+            "reduce1.shortcut.weight",
+        ] {
             assert!(vars.contains_key(name), "{name}: {:?}", vars.keys().collect::<Vec<_>>());
         }
         assert_eq!(vars["pos0.stage2.cell0.conv.weight"].size(), vec![16, 16, 3, 3]);

@@ -108,7 +108,16 @@ pub struct Nb201Net {
 
 impl Nb201Net {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale, channels: i64, cells: usize) -> Result<Self, TrainError> {
+    pub fn new(
+        root: &Path,
+        rng: &mut InitRng,
+        space: &Space,
+        arch: &Architecture,
+        io: IoShape,
+        scale: Scale,
+        channels: i64,
+        cells: usize,
+    ) -> Result<Self, TrainError> {
         check_space(space)?;
         let mut c = scaled(channels, scale.width);
         let cells = cells.max(1) * scale.repeats.max(1);
