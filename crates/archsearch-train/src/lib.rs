@@ -196,7 +196,7 @@ impl TrainTaskConfig {
             return Err(TrainError::Config(format!("[task.optimizer] lr = {} must be > 0", self.optimizer.lr)));
         }
         for (what, f) in std::iter::once(("proxy", &self.proxy)).chain(self.target.iter().map(|t| ("target", t))) {
-            self.check_size(what, f)?;
+            self.check_size(space, what, f)?;
         }
         Ok(())
     }
@@ -204,15 +204,20 @@ impl TrainTaskConfig {
     /// Refuses a network that cannot fit in memory: a rough upper bound on
     /// the bytes of its weights, gradients and optimiser moments (the widest
     /// layer squared, for every layer) against the machine's memory.
-    fn check_size(&self, what: &str, f: &Fidelity) -> Result<(), TrainError> {
+    fn check_size(&self, space: &Space, what: &str, f: &Fidelity) -> Result<(), TrainError> {
         let (base, layers): (f64, f64) = match &self.network {
             NetConfig::Macro { channels, reductions, .. } => {
                 let doublings = reductions.as_ref().map_or(2, |r| r.len()) as i32;
                 (*channels as f64 * 2f64.powi(doublings) * 5.0, 32.0 * f.repeats as f64)
             }
             NetConfig::Nb201 { channels, cells } => (*channels as f64 * 4.0 * 3.0, (*cells as f64 * 3.0 + 2.0) * 6.0),
-            // MLP widths come from the space (checked per architecture when built).
-            NetConfig::Mlp | NetConfig::ReferenceCnn | NetConfig::ReferenceMlp => (1024.0, 4.0),
+            // MLP widths are the options of its `layerN.width` decisions (and the input).
+            NetConfig::Mlp => {
+                let widths = space.decisions().iter().filter(|d| d.name.ends_with(".width")).flat_map(|d| d.options.iter());
+                let widest = widths.filter_map(|o| o.parse::<f64>().ok()).fold(28.0 * 28.0 * 3.0, f64::max);
+                (widest, space.len() as f64 + 1.0)
+            }
+            NetConfig::ReferenceCnn | NetConfig::ReferenceMlp => (1024.0, 4.0),
         };
         let widest = base * f.width;
         let bytes = widest * widest * layers * 4.0 * 4.0;

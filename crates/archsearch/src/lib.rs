@@ -27,6 +27,11 @@ macro_rules! out {
     }};
 }
 
+/// The message of a caught panic (tch raises libtorch errors as panics).
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<String>().map(|s| s.as_str()).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
+}
+
 pub mod bench;
 pub mod config;
 pub mod pbt;

@@ -433,10 +433,14 @@ fn train_all(task: &TrainTask, uid: &str, root: &Path, workers: usize, total: us
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some(m) = members.get(i) else { break };
                         let fp = task.fingerprint(uid, format!("member-{}", m.id), &m.arch);
-                        let r = task
-                            .train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
-                            .map(|r| r.valid_accuracy)
-                            .map_err(|e| e.to_string());
+                        // A panic in training (libtorch errors panic in tch) fails the member.
+                        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            task.train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
+                        }));
+                        let r = match trained {
+                            Ok(r) => r.map(|r| r.valid_accuracy).map_err(|e| e.to_string()),
+                            Err(p) => Err(format!("training panicked: {}", crate::panic_message(p.as_ref()))),
+                        };
                         out.push((i, r));
                     }
                     out

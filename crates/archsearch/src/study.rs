@@ -606,14 +606,11 @@ impl Study {
             ),
             Ok(Ok(ev)) => failed(format!("the objective `{}` is {}", self.task.objective(), ev.value), ev.metrics, ev.cost),
             Ok(Err(e)) => failed(e.to_string(), Default::default(), self.task.failure_cost(arch, budget, seconds)),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(|s| s.as_str())
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)");
-                failed(format!("the evaluation panicked: {message}"), Default::default(), self.task.failure_cost(arch, budget, seconds))
-            }
+            Err(panic) => failed(
+                format!("the evaluation panicked: {}", crate::panic_message(panic.as_ref())),
+                Default::default(),
+                self.task.failure_cost(arch, budget, seconds),
+            ),
         };
         if let Some(e) = &finish.error {
             tracing::warn!(trial = number, error = %e, "trial failed");

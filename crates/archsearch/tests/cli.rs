@@ -65,7 +65,7 @@ fn unknown_key_names_file_and_key() {
     let d = tempfile::tempdir().unwrap();
     let c = write(d.path(), "typo.toml", "[task]\nkind = \"nb201\"\n[strategy]\nkind = \"evolution\"\npopulaton = 20\n");
     let e = stderr_of(&["run", c.to_str().unwrap(), "--study", d.path().join("s.db").to_str().unwrap()]);
-    assert!(e.contains("typo.toml") && e.contains("populaton") && e.contains("line 3"), "{e}");
+    assert!(e.contains("typo.toml") && e.contains("populaton") && e.contains("line 5"), "{e}");
     let c = write(d.path(), "typo2.toml", "[study]\ntrails = 5\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
     let e = stderr_of(&["run", c.to_str().unwrap()]);
     assert!(e.contains("typo2.toml") && e.contains("trails"), "{e}");

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn members(db: &Path) -> Vec<serde_json::Value> {
-    let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
-    let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    // A store the run is still creating (empty, or without its study yet) has no members.
+    let out = bin().args(["show", db.to_str().unwrap(), "--json"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let Some(line) = text.lines().next().filter(|_| out.status.success()) else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
     v["members"].as_array().cloned().unwrap_or_default()
 }
 

@@ -6,7 +6,7 @@
 //! `none` (zero).
 //!
 //! Weights are named by the edge (position) that owns them first:
-//! `pos3.cell1.stage2.conv.weight` is edge 3's conv in cell 1 of stage 2.
+//! `pos3.stage2.cell1.conv.weight` is edge 3's conv in cell 1 of stage 2.
 
 use archsearch_core::space::{NB201_EDGES, NB201_OPS};
 use archsearch_core::{Architecture, Space, SpaceKind};
