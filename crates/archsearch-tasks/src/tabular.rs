@@ -397,6 +397,27 @@ mod tests {
         assert!(e.to_string().contains("b,b,b"), "{e}");
     }
 
+    /// A NaN value fails its trial with the query's cost; a NaN cost fails
+    /// it charged the cost column's median; a table of NaN costs is refused.
+    #[test]
+    fn nan_values_and_nan_costs_fail_their_trial_at_a_cost() {
+        let csv = "arch,acc,t,cost\n\"a,a,a\",NaN,NaN,10\n\"a,a,b\",2,NaN,NaN\n\"a,b,a\",3,1,30\n";
+        let query = TableQuery { cost_column: Some("cost".into()), ..q("acc", "t") };
+        let t = TableTask::from_reader("x.csv", csv.as_bytes(), space(), "arch", query.clone()).unwrap();
+        let ev = t.evaluate(&Architecture::new(vec![0, 0, 0]), &mut TrialContext::detached(0, 0, &mut crate::NoReport)).unwrap();
+        assert!(ev.value.is_nan() && ev.metrics["t"].is_nan() && ev.cost == 10.0, "{ev:?}");
+        let nan_cost = Architecture::new(vec![0, 0, 1]);
+        let e = t.evaluate(&nan_cost, &mut TrialContext::detached(0, 0, &mut crate::NoReport)).unwrap_err();
+        assert!(e.to_string().contains("cost column `cost` is NaN"), "{e}");
+        assert_eq!(t.failure_cost(&nan_cost, None, 0.001), 30.0, "the median of 10 and 30 (the upper one)");
+        assert!(t.charges_cost());
+        let all_nan = "arch,acc,t,cost\n\"a,a,a\",1,1,NaN\n";
+        let e = TableTask::from_reader("y.csv", all_nan.as_bytes(), space(), "arch", query).err().unwrap();
+        assert!(e.to_string().contains("y.csv") && e.to_string().contains("no finite value"), "{e}");
+        let free = TableTask::from_reader("z.csv", "arch,acc,t\n\"a,a,a\",1,1\n".as_bytes(), space(), "arch", q("acc", "t")).unwrap();
+        assert!(!free.charges_cost(), "a table with no cost never spends a cost budget");
+    }
+
     #[test]
     fn table_errors_name_file_and_line() {
         let cases = [
