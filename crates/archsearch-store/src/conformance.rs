@@ -65,6 +65,20 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
     only_the_owner_may_report_beat_or_tell(make().as_mut());
     a_crashed_attempt_is_charged_its_cost(make().as_mut());
     studies_have_unique_ids_and_configs_can_grow(make().as_mut());
+    a_released_trial_is_rerun_without_counting_a_crash(make().as_mut());
+}
+
+fn a_released_trial_is_rerun_without_counting_a_crash(s: &mut dyn Storage) {
+    let id = study(s, "release");
+    for (owner, arch) in [("remote-r:1:1", "a"), ("remote-d:1:1", "b")] {
+        s.ask(id, 0, owner, &mut |_, _| Ok(Some((w(vec![]), trial(arch))))).unwrap();
+    }
+    assert_eq!(s.release("remote-r:1:1").unwrap(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let claimed = s.claim_orphans(id, "me", 0.01).unwrap();
+    let got: Vec<(&str, u32, u32)> = claimed.iter().map(|t| (t.arch.as_str(), t.attempts, t.crashes)).collect();
+    assert_eq!(got, vec![("a", 2, 0), ("b", 2, 1)], "the released trial did not crash; the other did");
+    assert_eq!(s.trial(id, 0).unwrap().crashes, 0);
 }
 
 fn entry(e: &[u8]) -> StateWrite {

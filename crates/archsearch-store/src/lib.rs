@@ -45,6 +45,8 @@ pub enum StoreError {
     Finished(i64),
     #[error("trial (id {trial}) is no longer owned by this runner (now owned by `{owner}`): it was taken over after a stale heartbeat")]
     NotOwner { trial: i64, owner: String },
+    #[error("{0}: the store was opened read-only")]
+    ReadOnly(String),
     #[error("{path} is not an archsearch study store: {reason}; it was left untouched")]
     Foreign { path: String, reason: String },
     #[error("trial {0} is not paused, so it cannot be {1}")]
@@ -159,6 +161,8 @@ pub struct TrialRecord {
     /// Unix seconds of the owner's last heartbeat.
     pub heartbeat: f64,
     pub attempts: u32,
+    /// Attempts that ended with their process dying (not released).
+    pub crashes: u32,
     /// The budget (step) the trial runs to, or reached: for a PRUNED trial,
     /// the step at which it stopped. `None`: the task's full evaluation.
     pub step: Option<u64>,
@@ -294,6 +298,10 @@ pub trait Storage: Send {
     /// owned by `owner`, to be run again: each attempt counts, and the cost
     /// the dead attempt spent (its last heartbeat's) is charged to the trial.
     fn claim_orphans(&mut self, study: i64, owner: &str, stale_after: f64) -> Result<Vec<TrialRecord>>;
+    /// Gives up the RUNNING trials of `owner` (a runner interrupted on
+    /// purpose, by Ctrl-C or SIGTERM): whoever claims them next runs them
+    /// again without counting a crash. Returns how many.
+    fn release(&mut self, owner: &str) -> Result<u64>;
     /// Another connection to the same store, for a heartbeat thread; `None`
     /// for a store no other connection can see (in memory).
     fn connect_again(&self) -> Result<Option<Box<dyn Storage>>>;
@@ -393,9 +401,17 @@ pub fn process_start(pid: u32) -> Option<u64> {
 /// [`release_owner`].
 pub fn owner_id(token: u64) -> String {
     let pid = std::process::id();
-    let id = format!("{}:{pid}@{}:{token:x}", hostname(), process_start(pid).unwrap_or(0));
+    let id = match process_start(pid) {
+        Some(start) => format!("{}:{pid}@{start}:{token:x}", hostname()),
+        None => format!("{}:{pid}:{token:x}", hostname()),
+    };
     LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).push(id.clone());
     id
+}
+
+/// The owners of this process that are still running.
+pub fn live_owners() -> Vec<String> {
+    LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Marks an owner of this process as finished.
@@ -426,16 +442,14 @@ pub fn owner_alive(owner: &str, me: &str, heartbeat_age: f64, stale_after: f64) 
         // This process: alive while that runner has not finished.
         return LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|o| o == owner);
     }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid as i32, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     let running = match (start, process_start(pid)) {
         // The pid may have been reused: only the same start time is the same process.
         (Some(s), Some(now)) => s == now,
-        (Some(_), None) => false,
-        // An owner id without a start time: the process exists or not.
-        (None, _) => {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            let r = unsafe { libc::kill(pid as i32, 0) };
-            r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        }
+        // No start time to compare (an older owner id, or /proc hidden):
+        // the process exists or not.
+        _ => exists,
     };
     running && fresh
 }

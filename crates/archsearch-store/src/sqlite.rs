@@ -70,6 +70,9 @@ CREATE TABLE strategy_snapshots (study_id INTEGER PRIMARY KEY REFERENCES studies
 INSERT INTO strategy_snapshots (study_id, state) SELECT id, strategy_state FROM studies WHERE strategy_state IS NOT NULL;
 UPDATE studies SET snapshot_version = state_version, snapshot_bytes = COALESCE(length(strategy_state), 0), strategy_state = NULL;
 ALTER TABLE trials ADD COLUMN attempt_cost REAL NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN released INTEGER NOT NULL DEFAULT 0;
+UPDATE trials SET crashes = attempts - 1;
 UPDATE meta SET value = 'archsearch-3' WHERE key = 'schema';
 "#;
 
@@ -116,6 +119,8 @@ CREATE TABLE IF NOT EXISTS trials (
     attempts INTEGER NOT NULL DEFAULT 1,
     step INTEGER,
     attempt_cost REAL NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    released INTEGER NOT NULL DEFAULT 0,
     UNIQUE (study_id, number)
 );
 CREATE INDEX IF NOT EXISTS trials_running ON trials (study_id) WHERE state = 'RUNNING';
@@ -228,7 +233,12 @@ fn open_ro_connection(path: &str) -> Result<Connection> {
     conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
         Ok(_) => Ok(conn),
-        Err(_) => {
+        Err(e) if !matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)) => Err(err(e)),
+        Err(e) => {
+            // Immutable mode ignores the WAL: only when it holds nothing.
+            if std::fs::metadata(format!("{path}-wal")).is_ok_and(|m| m.len() > 0) {
+                return Err(err(e));
+            }
             let uri = format!("file:{}?immutable=1", path.replace('%', "%25").replace('?', "%3f").replace('#', "%23"));
             let conn = Connection::open_with_flags(&uri, flags).map_err(err)?;
             conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).map_err(err)?;
@@ -336,7 +346,7 @@ impl SqliteStorage {
 
     fn refuse_writes(&self) -> Result<()> {
         if self.read_only {
-            return Err(StoreError::Corrupt(format!("{}: opened read-only", self.path)));
+            return Err(StoreError::ReadOnly(self.path.clone()));
         }
         Ok(())
     }
@@ -363,7 +373,8 @@ impl SqliteStorage {
 
     fn trial_columns(&self) -> String {
         let step = if self.read_only && !self.has_column("trials", "step") { "NULL AS step" } else { "step" };
-        format!("id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, {step}, heartbeat")
+        let crashes = if self.read_only && !self.has_column("trials", "crashes") { "attempts - 1" } else { "crashes" };
+        format!("id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, {step}, heartbeat, {crashes}")
     }
 }
 
@@ -383,7 +394,7 @@ fn row_to_study(r: &rusqlite::Row<'_>) -> rusqlite::Result<StudyRecord> {
 }
 
 const TRIAL_COLUMNS: &str =
-    "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step, heartbeat";
+    "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step, heartbeat, crashes";
 
 fn row_to_trial(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let state: String = r.get(2)?;
@@ -405,6 +416,7 @@ fn row_to_trial(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
         attempts: r.get::<_, i64>(13)? as u32,
         step: r.get::<_, Option<i64>>(14)?.map(|s| s as u64),
         heartbeat: r.get(15)?,
+        crashes: r.get::<_, i64>(16)? as u32,
         intermediate: Vec::new(),
     })
 }
@@ -470,10 +482,12 @@ fn owned_state(tx: &Connection, trial: i64, owner: &str, path: &str) -> Result<S
         .query_row("SELECT state, owner FROM trials WHERE id = ?1", [trial], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(|source| StoreError::Sqlite { path: path.to_string(), source })?;
+    // The owner first: a runner whose trial was taken over (and perhaps
+    // finished by the new owner) learns that it lost it.
     match row {
         None => Err(StoreError::NoTrial(trial)),
-        Some((state, _)) if state != "RUNNING" => Err(StoreError::Finished(trial)),
         Some((_, o)) if o != owner => Err(StoreError::NotOwner { trial, owner: o }),
+        Some((state, _)) if state != "RUNNING" => Err(StoreError::Finished(trial)),
         Some((state, _)) => Ok(state),
     }
 }
@@ -699,7 +713,11 @@ impl Storage for SqliteStorage {
     }
 
     fn strategy_state(&self, study: i64, known_version: u64) -> Result<(u64, StateLog)> {
-        state_since(&self.conn, study, known_version).map_err(|e| self.err(e))
+        // One read transaction, so the version and the log entries agree.
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let out = state_since(&tx, study, known_version).map_err(|e| self.err(e))?;
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     fn record_step(&mut self, study: i64, step: u64, members: &[(u64, String)], state: &[u8]) -> Result<()> {
@@ -770,7 +788,7 @@ impl Storage for SqliteStorage {
                 .map_err(err)?;
             let t = now();
             let rows = stmt
-                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(16)?)))
+                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(17)?)))
                 .map_err(err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(err)?;
@@ -778,9 +796,12 @@ impl Storage for SqliteStorage {
         };
         let mut claimed = Vec::new();
         for (mut tr, lost) in running {
-            // The dead attempt's cost (as of its last heartbeat) is spent.
+            // The dead attempt's cost (as of its last heartbeat) is spent; it
+            // counts as a crash unless its runner released it (interrupted).
+            let released: bool = tx.query_row("SELECT released FROM trials WHERE id = ?1", [tr.id], |r| r.get(0)).map_err(err)?;
             tx.execute(
-                "UPDATE trials SET owner = ?2, heartbeat = ?3, attempts = attempts + 1, cost = cost + attempt_cost, attempt_cost = 0
+                "UPDATE trials SET owner = ?2, heartbeat = ?3, attempts = attempts + 1, crashes = crashes + (1 - released), released = 0,
+                 cost = cost + attempt_cost, attempt_cost = 0
                  WHERE id = ?1 AND state = 'RUNNING'",
                 params![tr.id, owner, now()],
             )
@@ -788,11 +809,21 @@ impl Storage for SqliteStorage {
             tx.execute("UPDATE studies SET total_cost = total_cost + ?2 WHERE id = ?1", params![study, lost]).map_err(err)?;
             tr.owner = owner.to_string();
             tr.attempts += 1;
+            tr.crashes += u32::from(!released);
             tr.cost += lost;
             claimed.push(tr);
         }
         tx.commit().map_err(err)?;
         Ok(claimed)
+    }
+
+    fn release(&mut self, owner: &str) -> Result<u64> {
+        self.refuse_writes()?;
+        let n = self
+            .conn
+            .execute("UPDATE trials SET released = 1, heartbeat = 0 WHERE owner = ?1 AND state = 'RUNNING'", [owner])
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
     }
 
     fn connect_again(&self) -> Result<Option<Box<dyn Storage>>> {
@@ -829,7 +860,7 @@ mod tests {
             let v1 = super::SCHEMA
                 .replace("'RUNNING', 'PAUSED', 'COMPLETE'", "'RUNNING', 'COMPLETE'")
                 .replace("    step INTEGER,\n", "")
-                .replace("    attempt_cost REAL NOT NULL DEFAULT 0,\n", "")
+                .replace("    attempt_cost REAL NOT NULL DEFAULT 0,\n    crashes INTEGER NOT NULL DEFAULT 0,\n    released INTEGER NOT NULL DEFAULT 0,\n", "")
                 .replace(",\n    uid TEXT,\n    snapshot_version INTEGER NOT NULL DEFAULT 0,\n    snapshot_bytes INTEGER NOT NULL DEFAULT 0,\n    log_bytes INTEGER NOT NULL DEFAULT 0\n", "\n")
                 .replace("CREATE TABLE IF NOT EXISTS strategy_snapshots (\n    study_id INTEGER PRIMARY KEY REFERENCES studies(id),\n    state BLOB NOT NULL\n);", "")
                 .replace("NOT IN ('RUNNING', 'PAUSED')", "<> 'RUNNING'")

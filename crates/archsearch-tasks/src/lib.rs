@@ -38,6 +38,11 @@ pub enum TaskError {
 /// Where a running evaluation reports intermediate values (per epoch, say).
 pub trait Reporter {
     fn report(&mut self, step: u64, value: f64);
+    /// Whether the evaluation should stop (its trial was taken over by
+    /// another runner); a task checks it between steps.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A reporter that drops everything (for replays that store nothing).

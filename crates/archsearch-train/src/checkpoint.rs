@@ -98,7 +98,9 @@ pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
     let views: Vec<(&str, CpuView)> =
         tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
-    let tmp = dir.join(TEMPORARY);
+    // A name of this writer's own: two runners that both think they own a
+    // trial never write into one temporary file.
+    let tmp = dir.join(format!("{TEMPORARY}.{}.{:x}", std::process::id(), rand::random::<u64>()));
     safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), &Some(to_metadata(fp)), &tmp).map_err(|e| err(&tmp, &e))?;
     let (current, previous) = (dir.join(FILE), dir.join(PREVIOUS));
     if current.exists() {

@@ -42,6 +42,8 @@ pub enum TrainError {
     Config(String),
     #[error("loss is {loss} after epoch {epoch} (NaN or infinite)")]
     NonFinite { epoch: usize, loss: f64 },
+    #[error("stopped after epoch {epoch}: the trial was taken over by another runner")]
+    Cancelled { epoch: usize },
     #[error("checkpoint {0}")]
     Checkpoint(String),
     #[error("{0}")]
@@ -331,7 +333,7 @@ impl TrainTask {
         if let Some(lr) = lr {
             spec.optim.lr = lr;
         }
-        trainer::train(&model, &self.data, &spec, seed, Some((dir, fp)), &mut |_, _| {})
+        trainer::train(&model, &self.data, &spec, seed, Some((dir, fp)), &mut |_, _| true)
     }
 
     /// A freshly initialised network of `arch` as named CPU tensors, and the
@@ -401,7 +403,8 @@ impl Task for TrainTask {
             .map(|c| (c.dir.clone(), Fingerprint { config: self.config.weights_hash(&self.fidelity), ..c.fingerprint.clone() }));
         let result =
             trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
-                reporter.report(epoch as u64, acc)
+                reporter.report(epoch as u64, acc);
+                !reporter.cancelled()
             })
             .map_err(fail)?;
         let params: i64 = model.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();

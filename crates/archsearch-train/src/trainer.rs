@@ -112,14 +112,16 @@ fn load_checkpoint(tensors: &BTreeMap<String, Tensor>, model: &Model, opt: &mut 
 /// of its owner, resumes from the newest checkpoint there that carries that
 /// fingerprint (see [`checkpoint::load`]) and writes a new one after every
 /// epoch.
-/// `on_epoch(epoch, valid_accuracy)` is called after each epoch (1-based).
+/// `on_epoch(epoch, valid_accuracy)` is called after each epoch (1-based);
+/// when it returns false, training stops there ([`TrainError::Cancelled`])
+/// without writing that epoch's checkpoint.
 pub fn train(
     model: &Model,
     data: &Data,
     spec: &RunSpec,
     seed: u64,
     checkpoint_slot: Option<(&Path, &Fingerprint)>,
-    on_epoch: &mut dyn FnMut(usize, f64),
+    on_epoch: &mut dyn FnMut(usize, f64) -> bool,
 ) -> Result<RunResult, TrainError> {
     let start = Instant::now();
     let params: Vec<(String, Tensor)> = {
@@ -171,7 +173,9 @@ pub fn train(
             return Err(TrainError::NonFinite { epoch: epoch + 1, loss: train_loss });
         }
         (valid_acc, valid_loss) = evaluate(model, &data.valid, 1024);
-        on_epoch(epoch + 1, valid_acc);
+        if !on_epoch(epoch + 1, valid_acc) {
+            return Err(TrainError::Cancelled { epoch: epoch + 1 });
+        }
         if let Some((dir, fp)) = checkpoint_slot {
             save_checkpoint(dir, fp, model, &opt, epoch + 1)?;
         }

@@ -89,15 +89,22 @@ pub fn check_workers(workers: usize) -> Result<()> {
     // Each runner holds two store connections (its own and its heartbeat's),
     // each with the database, its WAL and its shared-memory file open.
     let need = 6 * workers as u64 + 64;
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 && limit.rlim_cur < need {
-        bail!(
-            "workers = {workers} needs about {need} open files, but this process may open {} (`ulimit -n`); lower `workers` or raise the limit",
-            limit.rlim_cur
-        );
+    let limit = open_file_limit();
+    if limit < need {
+        bail!("workers = {workers} needs about {need} open files, but this process may open {limit} (`ulimit -n`); lower `workers` or raise the limit");
     }
     Ok(())
+}
+
+/// How many files this process may open (`ulimit -n`).
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        u64::MAX
+    }
 }
 
 /// Whether a study name is a plain folder name (it names the study's
@@ -263,14 +270,22 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let mut c: Config = read_toml(path)?;
         if c.study.name.is_none() {
-            c.study.name = Some(path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "study".into()));
+            // The file's stem, made a plain folder name.
+            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let clean: String = stem.chars().map(|ch| if ch.is_ascii_alphanumeric() || "._-".contains(ch) { ch } else { '-' }).collect();
+            let clean = clean.trim_start_matches('.').to_string();
+            c.study.name = Some(if clean.is_empty() { "study".into() } else { clean });
         }
-        // Table files are relative to the config file.
+        // Table files are relative to the config file, and stored absolute
+        // (so the study is the same whichever folder `run` starts in).
         if let TaskConfig::Table { file, .. } = &mut c.task {
             if file.is_relative() {
                 if let Some(dir) = path.parent() {
                     *file = dir.join(&*file);
                 }
+            }
+            if let Ok(abs) = std::fs::canonicalize(&*file) {
+                *file = abs;
             }
         }
         c.strategy = c.strategy.resolve();
@@ -279,16 +294,21 @@ impl Config {
         }
         if c.study.workers.is_none() {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            // Never more than one process may run (see `check_workers`).
+            let most = (open_file_limit().saturating_sub(64) / 6).clamp(1, MAX_WORKERS as u64) as usize;
             c.study.workers = Some(match &c.task {
-                TaskConfig::Train(t) => (cores / t.threads.max(1) as usize).max(1),
+                TaskConfig::Train(t) => (cores / t.threads.max(1) as usize).clamp(1, most),
                 _ => 1,
             });
         }
-        c.validate().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+        c.check().map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
         Ok(c)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks everything that can be checked without reading the data: the
+    /// name, budget, space, strategy, the task's settings and a table's
+    /// columns (from its header).
+    pub fn check(&self) -> Result<()> {
         check_name(self.name())?;
         if self.study.trials.is_none() && self.study.cost.is_none() {
             bail!("[study] needs a budget: `trials` or `cost`");
@@ -369,12 +389,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    /// Checks everything that can be checked without reading data: the
-    /// space, the strategy, the budget and the task's settings.
-    pub fn check(&self) -> Result<()> {
-        self.validate()
     }
 
     /// The search space of the study.
@@ -466,9 +480,19 @@ impl Config {
 }
 
 /// Fields a study may change between runs: its budget (raising it extends
-/// the study) and how it executes (runners, device). Everything else defines
-/// the study.
-const MAY_DIFFER: [&str; 4] = ["study.trials", "study.cost", "study.workers", "task.device"];
+/// the study) and how it executes (runners, crash limit, staleness, device,
+/// threads, where its data lies). Everything else defines the study.
+const MAY_DIFFER: [&str; 9] = [
+    "study.trials",
+    "study.cost",
+    "study.workers",
+    "study.crash_limit",
+    "study.stale_after",
+    "task.device",
+    "task.threads",
+    "task.data_dir",
+    "task.download",
+];
 
 /// The config a study that exists with `stored` runs with when `run` is
 /// given `file`: the stored one with the file's budget and execution
@@ -491,8 +515,13 @@ pub fn reconcile(stored: &Config, file: &Config) -> Result<Config> {
     out.study.trials = file.study.trials;
     out.study.cost = file.study.cost;
     out.study.workers = file.study.workers;
+    out.study.crash_limit = file.study.crash_limit;
+    out.study.stale_after = file.study.stale_after;
     if let (TaskConfig::Train(o), TaskConfig::Train(f)) = (&mut out.task, &file.task) {
         o.device = f.device;
+        o.threads = f.threads;
+        o.data_dir = f.data_dir.clone();
+        o.download = f.download;
     }
     Ok(out)
 }

@@ -205,6 +205,9 @@ struct BenchArgs {
     json: bool,
 }
 
+/// The stores this process runs studies in (for releasing trials on Ctrl-C).
+static OPEN_STORES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn main() {
     // Die quietly on a closed pipe (`archsearch show X.db | head`), as Unix
     // tools do, instead of panicking on the failed write.
@@ -220,6 +223,22 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+    // Ctrl-C or SIGTERM: give this process's running trials back (they run
+    // again on the next `run` without counting as crashes), then exit.
+    let _ = ctrlc::set_handler(|| {
+        let urls = OPEN_STORES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut released = 0;
+        for url in urls {
+            if let Ok(mut store) = archsearch_store::open(&url) {
+                for owner in archsearch_store::live_owners() {
+                    released += store.release(&owner).unwrap_or(0);
+                }
+            }
+        }
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "interrupted: {released} running trial(s) released; `run` again to continue");
+        std::process::exit(130);
+    });
     if let Err(e) = real_main(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -263,7 +282,17 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
     let dir = search.record.direction;
     best.sort_by(|a, b| dir.fitness(b.value.unwrap()).total_cmp(&dir.fitness(a.value.unwrap())));
     let archs: Vec<String> = best.iter().take(top).map(|t| t.arch.clone()).collect();
-    if let (false, Some(target)) = (archs.is_empty(), search.config.target_study(archs)) {
+    if let (false, Some(mut target)) = (archs.is_empty(), search.config.target_study(archs)) {
+        // A longer search may have found other best architectures: they are
+        // retrained in a study of their own, named after them.
+        let store = archsearch_store::open(&url)?;
+        if let Ok(rec) = store.study(target.name()) {
+            let stored: Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
+            if stored.strategy != target.strategy {
+                let hash = xxhash_rust::xxh3::xxh3_64(target.to_toml().as_bytes()) as u32;
+                target.study.name = Some(format!("{}-{hash:08x}", target.name()));
+            }
+        }
         outln!("\nretraining the best {} at the target fidelity (study `{}`)", target.study.trials.unwrap_or(0), target.name())?;
         run_one(&target, &url, quiet, device, workers)?;
     }
@@ -282,6 +311,7 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
         archsearch::config::check_workers(w).context("--workers")?;
     }
     let store = archsearch_store::open(url)?;
+    OPEN_STORES.lock().unwrap_or_else(|e| e.into_inner()).push(url.to_string());
     let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
     let mut study = match checkpoint_root(url) {
         Some(root) => study.with_checkpoints(root),

@@ -37,6 +37,8 @@ struct StoreReporter<'a> {
     trial: i64,
     owner: &'a str,
     error: Option<StoreError>,
+    /// Set by the heartbeat thread when another runner took the trial over.
+    lost: &'a AtomicBool,
 }
 
 impl Reporter for StoreReporter<'_> {
@@ -46,6 +48,10 @@ impl Reporter for StoreReporter<'_> {
                 self.error = Some(e);
             }
         }
+    }
+
+    fn cancelled(&self) -> bool {
+        matches!(self.error, Some(StoreError::NotOwner { .. })) || self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -138,11 +144,14 @@ fn state_write(strategy: &dyn Strategy, log: &StateLog, op: &Op) -> Result<State
 struct Beat {
     current: Mutex<Option<(i64, Instant)>>,
     stop: AtomicBool,
+    /// The current trial was taken over by another runner.
+    lost: AtomicBool,
 }
 
 impl Beat {
     fn set(&self, trial: Option<i64>) {
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = trial.map(|t| (t, Instant::now()));
+        self.lost.store(false, Ordering::Relaxed);
     }
 
     /// Beats for the current trial every `every` until stopped, on its own
@@ -161,7 +170,12 @@ impl Beat {
                 match store.heartbeat(trial, owner, since.elapsed().as_secs_f64()) {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(trial, "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat)")
+                        if !self.lost.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                trial,
+                                "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat); stopping it"
+                            );
+                        }
                     }
                     Err(e) => tracing::warn!(trial, error = %e, "heartbeat failed"),
                 }
@@ -276,9 +290,14 @@ impl Study {
         };
         let (record, created) = store.open_study(&new)?;
         if !created && record.config != new.config {
-            // Only the budget can differ here (`reconcile` checked the rest).
+            // Another process may have created the study since we looked.
+            if existing.is_none() {
+                let stored: Config = toml::from_str(&record.config).with_context(|| format!("stored config of study `{}`", record.name))?;
+                crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists", record.name))?;
+            }
+            // Only the budget and execution settings differ (`reconcile`).
             store.set_config(record.id, &new.config)?;
-            tracing::info!(study = %record.name, trials = ?run_config.study.trials, cost = ?run_config.study.cost, "the study's budget changed");
+            tracing::info!(study = %record.name, trials = ?run_config.study.trials, cost = ?run_config.study.cost, "the study's budget or execution settings changed");
         }
         let mut strategy = build(record.seed)?;
         let (version, log) = store.strategy_state(record.id, 0)?;
@@ -411,7 +430,7 @@ impl Study {
         let limit = self.config.study.crash_limit;
         for t in self.store.claim_orphans(self.record.id, &self.owner, self.config.study.stale_after)? {
             let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
-            let crashes = t.attempts.saturating_sub(1);
+            let crashes = t.crashes;
             let ev = if crashes >= limit {
                 tracing::warn!(trial = t.number, crashes, "a trial crashed its process too often; failing it");
                 let finish = Finish {
@@ -568,7 +587,7 @@ impl Study {
                 config: String::new(),
             },
         });
-        let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None };
+        let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None, lost: &beat.lost };
         let mut ctx = TrialContext { number, seed: trial_seed(self.record.seed, number), checkpoint, reporter: &mut reporter, budget };
         beat.set(Some(trial));
         let start = Instant::now();

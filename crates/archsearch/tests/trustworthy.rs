@@ -310,3 +310,85 @@ fn bench_store_measures_any_strategy() {
         assert!(out.contains("last block / first block"), "{s}: {out}");
     }
 }
+
+/// Ctrl-C (SIGINT) gives the running trial back: the next `run` runs it
+/// again (from its checkpoint) without counting a crash, so interrupting a
+/// study every morning never fails its trials.
+#[test]
+fn an_interrupted_trial_is_not_counted_as_a_crash() {
+    let d = tempfile::tempdir().unwrap();
+    let c = training_config(d.path(), 0.05);
+    let text = std::fs::read_to_string(&c)
+        .unwrap()
+        .replace("epochs = 1, fraction = 0.02", "epochs = 12, fraction = 0.05")
+        .replace("trials = 2", "trials = 1");
+    std::fs::write(&c, text).unwrap();
+    let db = d.path().join("s.db");
+    let child = bin()
+        .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the trial has reported an epoch, then interrupt.
+    let start = std::time::Instant::now();
+    loop {
+        assert!(start.elapsed().as_secs() < 120, "no epoch was reported");
+        let out = bin().args(["show", db.to_str().unwrap(), "--json"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v = text.lines().next().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        if v.is_some_and(|v| {
+            v["trials"].as_array().is_some_and(|t| t.iter().any(|t| t["intermediate"].as_array().is_some_and(|i| !i.is_empty())))
+        }) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{e}");
+    assert!(e.contains("1 running trial(s) released"), "{e}");
+    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let v = show(&db);
+    let t = &v["trials"][0];
+    assert_eq!((t["state"].as_str(), t["attempts"].as_u64(), t["crashes"].as_u64()), (Some("COMPLETE"), Some(2), Some(0)), "{t}");
+    assert!(t["metrics"]["resumed_from_epoch"].as_f64().unwrap() >= 1.0, "{t}");
+}
+
+/// Raising the budget of a study with a target fidelity runs again without
+/// error, even when the best architectures change (they are retrained in a
+/// target study of their own).
+#[test]
+fn raising_the_budget_of_a_study_with_a_target_runs_again() {
+    let d = tempfile::tempdir().unwrap();
+    let c = training_config(d.path(), 0.05);
+    let with_target = |trials: u32| {
+        let text = std::fs::read_to_string(&c)
+            .unwrap()
+            .replace("trials = 2", &format!("trials = {trials}"))
+            .replace("trials = 3", &format!("trials = {trials}"))
+            .replace(
+                "proxy = { epochs = 1, fraction = 0.02 }",
+                "proxy = { epochs = 1, fraction = 0.02 }\ntarget = { epochs = 1, fraction = 0.03 }",
+            );
+        let text = text.replace(
+            "target = { epochs = 1, fraction = 0.03 }\ntarget = { epochs = 1, fraction = 0.03 }",
+            "target = { epochs = 1, fraction = 0.03 }",
+        );
+        std::fs::write(&c, text).unwrap();
+    };
+    let db = d.path().join("s.db");
+    with_target(2);
+    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    with_target(3);
+    let out = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    assert!(out.contains("retraining the best 1"), "{out}");
+    let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
+    let names: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["study"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "tiny.target"), "{names:?}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()["trials"].as_array().unwrap().len(), 3);
+}
