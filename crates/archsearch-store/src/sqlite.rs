@@ -231,7 +231,19 @@ fn open_ro_connection(path: &str) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
-    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+    // A store another process is creating or recovering answers "busy"
+    // without waiting on the busy handler: try again for a while.
+    let mut first = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0));
+    for _ in 0..600 {
+        match &first {
+            Err(e) if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)) => {
+                std::thread::sleep(Duration::from_millis(50));
+                first = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0));
+            }
+            _ => break,
+        }
+    }
+    match first {
         Ok(_) => Ok(conn),
         Err(e) if !matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)) => Err(err(e)),
         Err(e) => {
@@ -264,9 +276,22 @@ impl SqliteStorage {
         // WAL lets readers run beside a writer; NORMAL sync is durable across
         // process crashes (the case we promise) and fast. A 32 MiB page
         // cache keeps a large study's B-tree pages in memory.
-        s.conn
-            .execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")
-            .map_err(|e| s.err(e))?;
+        let pragmas = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;";
+        let mut set = s.conn.execute_batch(pragmas);
+        for _ in 0..600 {
+            // Switching to WAL needs a moment alone with the file: another
+            // process creating the same store answers "busy" without waiting.
+            match &set {
+                Err(e)
+                    if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)) =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                    set = s.conn.execute_batch(pragmas);
+                }
+                _ => break,
+            }
+        }
+        set.map_err(|e| s.err(e))?;
         // Schema creation (and migration) can race with another process
         // doing the same: both happen inside one immediate transaction.
         if let Err(e) = s.create_or_migrate() {

@@ -237,7 +237,10 @@ fn main() {
         }
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr(), "interrupted: {released} running trial(s) released; `run` again to continue");
-        std::process::exit(130);
+        // Leave at once: running exit handlers (libtorch's among them) while
+        // other threads still train can crash. The store is crash-safe.
+        // SAFETY: _exit ends the process without running any more Rust code.
+        unsafe { libc::_exit(130) };
     });
     if let Err(e) = real_main(Cli::parse()) {
         eprintln!("error: {e:#}");

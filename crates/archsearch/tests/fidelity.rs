@@ -126,10 +126,10 @@ fn asha_runs_a_worker_pool_without_waiting() {
     assert!(r.iter().enumerate().all(|(i, t)| t.0 == i as u64));
     // Every trial is charged 12 for its first rung, and a promoted one 200
     // more (a table cannot resume); the last ones may overshoot the budget
-    // by less than one 200-epoch evaluation.
+    // by less than one 200-epoch evaluation per worker (2 here).
     let cost = show(&db)["study"]["counts"]["cost"].as_f64().unwrap();
     assert_eq!(cost, ((pruned + promoted) * 12 + complete * 200) as f64);
-    assert!((6000.0..6200.0).contains(&cost), "cost {cost}");
+    assert!((6000.0..6400.0).contains(&cost), "cost {cost}");
 }
 
 #[test]
