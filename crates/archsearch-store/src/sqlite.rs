@@ -170,8 +170,9 @@ pub struct SqliteStorage {
 enum FileKind {
     /// Missing, empty, or a SQLite database with no tables: a store can be made.
     New,
-    /// An archsearch store with this schema tag.
-    Store(String),
+    /// An archsearch store with this schema tag, and the read-only
+    /// connection that found it.
+    Store(String, Connection),
 }
 
 /// Reads what `path` is without changing it.
@@ -215,7 +216,7 @@ fn inspect(path: &str) -> Result<FileKind> {
         None
     };
     match tag {
-        Some(t) if t.starts_with("archsearch-") => Ok(FileKind::Store(t)),
+        Some(t) if t.starts_with("archsearch-") => Ok(FileKind::Store(t, conn)),
         _ => {
             let shown: Vec<&str> = tables.iter().take(5).map(|s| s.as_str()).collect();
             let more = if tables.len() > 5 { ", …" } else { "" };
@@ -310,11 +311,11 @@ impl SqliteStorage {
                 Err(StoreError::Foreign { path: path.into(), reason: "there is no such file".into() })
             }
             FileKind::New => Err(StoreError::Foreign { path: path.into(), reason: "it is empty".into() }),
-            FileKind::Store(tag) => {
+            FileKind::Store(tag, conn) => {
                 if !["archsearch-1", "archsearch-2", SCHEMA_TAG].contains(&tag.as_str()) {
                     return Err(StoreError::Corrupt(format!("{path}: unknown schema `{tag}` (a newer archsearch?)")));
                 }
-                Ok(SqliteStorage { conn: open_ro_connection(path)?, path: path.to_string(), read_only: true })
+                Ok(SqliteStorage { conn, path: path.to_string(), read_only: true })
             }
         }
     }
@@ -805,25 +806,24 @@ impl Storage for SqliteStorage {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite { path: path.clone(), source };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
-        let running: Vec<(TrialRecord, f64)> = {
+        let running: Vec<(TrialRecord, f64, bool)> = {
             let mut stmt = tx
                 .prepare(&format!(
-                    "SELECT {TRIAL_COLUMNS}, attempt_cost FROM trials WHERE study_id = ?1 AND state = 'RUNNING' ORDER BY number"
+                    "SELECT {TRIAL_COLUMNS}, attempt_cost, released FROM trials WHERE study_id = ?1 AND state = 'RUNNING' ORDER BY number"
                 ))
                 .map_err(err)?;
             let t = now();
             let rows = stmt
-                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(17)?)))
+                .query_map([study], |r| Ok((row_to_trial(r)?, r.get::<_, f64>(17)?, r.get::<_, bool>(18)?)))
                 .map_err(err)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(err)?;
-            rows.into_iter().filter(|(tr, _)| !owner_alive(&tr.owner, owner, t - tr.heartbeat, stale_after)).collect()
+            rows.into_iter().filter(|(tr, _, _)| !owner_alive(&tr.owner, owner, t - tr.heartbeat, stale_after)).collect()
         };
         let mut claimed = Vec::new();
-        for (mut tr, lost) in running {
+        for (mut tr, lost, released) in running {
             // The dead attempt's cost (as of its last heartbeat) is spent; it
             // counts as a crash unless its runner released it (interrupted).
-            let released: bool = tx.query_row("SELECT released FROM trials WHERE id = ?1", [tr.id], |r| r.get(0)).map_err(err)?;
             tx.execute(
                 "UPDATE trials SET owner = ?2, heartbeat = ?3, attempts = attempts + 1, crashes = crashes + (1 - released), released = 0,
                  cost = cost + attempt_cost, attempt_cost = 0

@@ -68,13 +68,16 @@ pub struct Fingerprint {
     pub config: String,
 }
 
-/// Where a trial keeps its checkpoints, and whose they are.
+/// Where a trial keeps its checkpoints, and whose they are: the task makes
+/// the [`Fingerprint`] from these, the architecture and its own config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckpointSlot {
     /// The trial's own folder (`STORE.ckpt/STUDY/trial-N/`), kept across crashes.
     pub dir: std::path::PathBuf,
-    /// The fingerprint without `config` (the task adds its own).
-    pub fingerprint: Fingerprint,
+    /// The study's unique id.
+    pub study: String,
+    /// `trial-N`.
+    pub owner: String,
 }
 
 /// What an evaluation knows about the trial it runs for.

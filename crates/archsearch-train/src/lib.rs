@@ -397,10 +397,7 @@ impl Task for TrainTask {
             spec.schedule_epochs = Some(self.fidelity.epochs);
         }
         let reporter = &mut *ctx.reporter;
-        let slot = ctx
-            .checkpoint
-            .as_ref()
-            .map(|c| (c.dir.clone(), Fingerprint { config: self.config.weights_hash(&self.fidelity), ..c.fingerprint.clone() }));
+        let slot = ctx.checkpoint.as_ref().map(|c| (c.dir.clone(), self.fingerprint(&c.study, c.owner.clone(), arch)));
         let result =
             trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
                 reporter.report(epoch as u64, acc);

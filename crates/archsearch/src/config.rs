@@ -219,31 +219,24 @@ fn pinpoint<T: serde::de::DeserializeOwned>(text: &str, e: &toml::de::Error) -> 
         Ok(_) => false,
         Err(e) => e.message().lines().next() == message.lines().next(),
     };
-    let mut path: Vec<String> = Vec::new();
-    loop {
+    // The key under `path` whose removal changes the error.
+    let culprit_in = |path: &[String]| -> Option<String> {
         let table = path.iter().try_fold(&doc, |t, k| t.get(k)?.as_table())?;
-        let culprit = table.keys().filter(|k| *k != "kind").find(|k| {
-            let mut d = doc.clone();
-            let parent = path.iter().try_fold(&mut d, |t, k| t.get_mut(k)?.as_table_mut());
-            parent.map(|t| t.remove(k.as_str())).is_some() && !fails_alike(&d)
-        })?;
-        path.push(culprit.clone());
-        let inner = path.iter().try_fold(&doc, |t, k| t.get(k)?.as_table());
-        if inner.is_none() || path.len() >= 4 {
-            break;
-        }
-        // A table value: look for the key inside it; keep this one if none is found.
-        let deeper = {
-            let t = inner?;
-            t.keys().filter(|k| *k != "kind").any(|k| {
+        table
+            .keys()
+            .filter(|k| *k != "kind")
+            .find(|k| {
                 let mut d = doc.clone();
                 let parent = path.iter().try_fold(&mut d, |t, k| t.get_mut(k)?.as_table_mut());
                 parent.map(|t| t.remove(k.as_str())).is_some() && !fails_alike(&d)
             })
-        };
-        if !deeper {
-            break;
-        }
+            .cloned()
+    };
+    // Descend while the culprit is a table holding a culprit of its own.
+    let mut path: Vec<String> = Vec::new();
+    while path.len() < 4 {
+        let Some(key) = culprit_in(&path) else { break };
+        path.push(key);
     }
     if path.len() < 2 {
         return None;

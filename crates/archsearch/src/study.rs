@@ -25,7 +25,7 @@ use archsearch_core::{Architecture, Direction, Job, Outcome, Space, Strategy, Tr
 use archsearch_store::{
     Finish, Launch, NewStudy, NewTrial, StateLog, StateSince, StateWrite, Storage, StoreError, StudyRecord, TrialRecord,
 };
-use archsearch_tasks::{CheckpointSlot, Fingerprint, Reporter, Task, TrialContext};
+use archsearch_tasks::{CheckpointSlot, Reporter, Task, TrialContext};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -150,7 +150,8 @@ struct Beat {
 
 impl Beat {
     fn set(&self, trial: Option<i64>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = trial.map(|t| (t, Instant::now()));
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *current = trial.map(|t| (t, Instant::now()));
         self.lost.store(false, Ordering::Relaxed);
     }
 
@@ -170,7 +171,10 @@ impl Beat {
                 match store.heartbeat(trial, owner, since.elapsed().as_secs_f64()) {
                     Ok(true) => {}
                     Ok(false) => {
-                        if !self.lost.swap(true, Ordering::Relaxed) {
+                        // Only if the runner is still on that very evaluation
+                        // (it may have told it and moved on while this beat ran).
+                        let still = self.current.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|c| c == (trial, since));
+                        if still && !self.lost.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
                                 trial,
                                 "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat); stopping it"
@@ -255,12 +259,15 @@ impl Study {
             Err(StoreError::NoStudy(_)) => None,
             Err(e) => return Err(e.into()),
         };
+        // The config an existing study runs with: its stored one, with the
+        // file's budget and execution settings (any other difference is an error).
+        let reconciled = |rec: &StudyRecord| -> Result<Config> {
+            let stored: Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
+            crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists", rec.name))
+        };
         let run_config = match &existing {
             None => config.clone(),
-            Some(rec) => {
-                let stored: Config = toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
-                crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists", rec.name))?
-            }
+            Some(rec) => reconciled(rec)?,
         };
         let space = run_config.space()?;
         let task = make_task(&run_config)?;
@@ -280,7 +287,8 @@ impl Study {
             task.check_budget(b)
                 .with_context(|| format!("[strategy] `{}` asks for budget {b} (its ladder: {ladder:?})", run_config.strategy.name()))?;
         }
-        build(run_config.study.seed)?;
+        // The seed defines the study, so the stored one is this one.
+        let mut strategy = build(run_config.study.seed)?;
         // Everything checked: now the study may be written.
         let new = NewStudy {
             name: config.name().to_string(),
@@ -292,14 +300,12 @@ impl Study {
         if !created && record.config != new.config {
             // Another process may have created the study since we looked.
             if existing.is_none() {
-                let stored: Config = toml::from_str(&record.config).with_context(|| format!("stored config of study `{}`", record.name))?;
-                crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists", record.name))?;
+                reconciled(&record)?;
             }
             // Only the budget and execution settings differ (`reconcile`).
             store.set_config(record.id, &new.config)?;
             tracing::info!(study = %record.name, trials = ?run_config.study.trials, cost = ?run_config.study.cost, "the study's budget or execution settings changed");
         }
-        let mut strategy = build(record.seed)?;
         let (version, log) = store.strategy_state(record.id, 0)?;
         catch_up(&mut strategy, &|| build(record.seed), &log).map_err(|e| anyhow::anyhow!("stored strategy state: {e}"))?;
         let budget = Budget { trials: run_config.study.trials, cost: run_config.study.cost };
@@ -580,12 +586,8 @@ impl Study {
     ) -> Result<Option<TrialEvent>> {
         let checkpoint = self.checkpoint_root.as_ref().map(|root| CheckpointSlot {
             dir: root.join(format!("trial-{number}")),
-            fingerprint: Fingerprint {
-                study: self.record.uid.clone(),
-                owner: format!("trial-{number}"),
-                arch: self.space.canonical(arch),
-                config: String::new(),
-            },
+            study: self.record.uid.clone(),
+            owner: format!("trial-{number}"),
         });
         let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None, lost: &beat.lost };
         let mut ctx = TrialContext { number, seed: trial_seed(self.record.seed, number), checkpoint, reporter: &mut reporter, budget };

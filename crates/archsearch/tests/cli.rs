@@ -28,6 +28,13 @@ fn show_json(db: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// The error of `bench --task table` on `table` and `space`, searching and
+/// reporting `column`.
+fn bench_table_error(table: &Path, space: &Path, column: &str) -> String {
+    let (t, s) = (table.to_str().unwrap(), space.to_str().unwrap());
+    stderr_of(&["bench", "--task", "table", "--table", t, "--space", s, "--search-column", column, "--report-column", column])
+}
+
 /// `(number, state, arch, value)` of every trial.
 fn trials(db: &Path) -> Vec<(u64, String, String, Option<f64>)> {
     let v = show_json(db);
@@ -89,19 +96,7 @@ fn out_of_range_values_name_file_and_field() {
     // An option out of range in a space file.
     let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\nnum_options = 0\n");
     let table = write(d.path(), "t.csv", "arch,a\n000,1\n");
-    let e = stderr_of(&[
-        "bench",
-        "--task",
-        "table",
-        "--table",
-        table.to_str().unwrap(),
-        "--space",
-        space.to_str().unwrap(),
-        "--search-column",
-        "a",
-        "--report-column",
-        "a",
-    ]);
+    let e = bench_table_error(&table, &space, "a");
     assert!(e.contains("space.toml") && e.contains("no options"), "{e}");
 }
 
@@ -110,34 +105,10 @@ fn csv_that_does_not_match_its_space_names_file_and_line() {
     let d = tempfile::tempdir().unwrap();
     let space = write(d.path(), "space.toml", "kind = \"sequence\"\nlength = 3\noptions = [\"a\", \"b\"]\n");
     let table = write(d.path(), "t.csv", "arch,acc\n000,1\n010,2\n030,3\n");
-    let e = stderr_of(&[
-        "bench",
-        "--task",
-        "table",
-        "--table",
-        table.to_str().unwrap(),
-        "--space",
-        space.to_str().unwrap(),
-        "--search-column",
-        "acc",
-        "--report-column",
-        "acc",
-    ]);
+    let e = bench_table_error(&table, &space, "acc");
     assert!(e.contains("t.csv") && e.contains("line 4"), "{e}");
     let missing = d.path().join("missing.csv");
-    let e = stderr_of(&[
-        "bench",
-        "--task",
-        "table",
-        "--table",
-        missing.to_str().unwrap(),
-        "--space",
-        space.to_str().unwrap(),
-        "--search-column",
-        "acc",
-        "--report-column",
-        "acc",
-    ]);
+    let e = bench_table_error(&missing, &space, "acc");
     assert!(e.contains("missing.csv"), "{e}");
 }
 

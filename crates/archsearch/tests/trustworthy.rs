@@ -357,38 +357,41 @@ fn an_interrupted_trial_is_not_counted_as_a_crash() {
 }
 
 /// Raising the budget of a study with a target fidelity runs again without
-/// error, even when the best architectures change (they are retrained in a
-/// target study of their own).
+/// error: the retrained architecture is always the current best, in
+/// `NAME.target` while that is unchanged and in a target study of its own
+/// (`NAME.target-HASH`) once the longer search found another.
 #[test]
 fn raising_the_budget_of_a_study_with_a_target_runs_again() {
     let d = tempfile::tempdir().unwrap();
     let c = training_config(d.path(), 0.05);
-    let with_target = |trials: u32| {
-        let text = std::fs::read_to_string(&c)
-            .unwrap()
-            .replace("trials = 2", &format!("trials = {trials}"))
-            .replace("trials = 3", &format!("trials = {trials}"))
-            .replace(
-                "proxy = { epochs = 1, fraction = 0.02 }",
-                "proxy = { epochs = 1, fraction = 0.02 }\ntarget = { epochs = 1, fraction = 0.03 }",
-            );
-        let text = text.replace(
-            "target = { epochs = 1, fraction = 0.03 }\ntarget = { epochs = 1, fraction = 0.03 }",
-            "target = { epochs = 1, fraction = 0.03 }",
-        );
-        std::fs::write(&c, text).unwrap();
-    };
+    let base = std::fs::read_to_string(&c).unwrap().replace(
+        "proxy = { epochs = 1, fraction = 0.02 }",
+        "proxy = { epochs = 1, fraction = 0.02 }\ntarget = { epochs = 1, fraction = 0.03 }",
+    );
     let db = d.path().join("s.db");
-    with_target(2);
-    run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
-    with_target(3);
-    let out = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
-    assert!(out.contains("retraining the best 1"), "{out}");
-    let text = run_ok(&["show", db.to_str().unwrap(), "--json"]);
-    let names: Vec<String> = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["study"]["name"].as_str().unwrap().to_string())
+    let studies = || -> Vec<serde_json::Value> {
+        run_ok(&["show", db.to_str().unwrap(), "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let mut bests = Vec::new();
+    for trials in [1, 4] {
+        std::fs::write(&c, base.replace("trials = 2", &format!("trials = {trials}"))).unwrap();
+        let out = run_ok(&["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+        assert!(out.contains("retraining the best 1"), "{out}");
+        let search = studies().into_iter().find(|s| s["study"]["name"] == "tiny").unwrap();
+        assert_eq!(search["trials"].as_array().unwrap().len(), trials);
+        bests.push(search["best"]["arch"].as_str().unwrap().to_string());
+    }
+    // Each best was retrained, by a target study whose only trial is it.
+    let targets: Vec<(String, String)> = studies()
+        .iter()
+        .filter(|s| s["study"]["name"].as_str().unwrap().starts_with("tiny.target"))
+        .map(|s| (s["study"]["name"].as_str().unwrap().to_string(), s["trials"][0]["arch"].as_str().unwrap().to_string()))
         .collect();
-    assert!(names.iter().any(|n| n == "tiny.target"), "{names:?}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()["trials"].as_array().unwrap().len(), 3);
+    assert_eq!(targets[0], ("tiny.target".to_string(), bests[0].clone()));
+    if bests[0] == bests[1] {
+        assert_eq!(targets.len(), 1, "{targets:?}");
+    } else {
+        assert_eq!(targets.len(), 2, "{targets:?}");
+        assert!(targets[1].0.starts_with("tiny.target-") && targets[1].1 == bests[1], "{targets:?}");
+    }
 }
