@@ -96,17 +96,23 @@ impl View for &CpuView {
 pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -> Result<(), TrainError> {
     let err = |p: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
-    let views: Vec<(&str, CpuView)> =
-        tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
     // A name of this writer's own: two runners that both think they own a
     // trial never write into one temporary file.
     let tmp = dir.join(format!("{TEMPORARY}.{}.{:x}", std::process::id(), rand::random::<u64>()));
-    safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), &Some(to_metadata(fp)), &tmp).map_err(|e| err(&tmp, &e))?;
+    write_file(&tmp, tensors, to_metadata(fp))?;
     let (current, previous) = (dir.join(FILE), dir.join(PREVIOUS));
     if current.exists() {
         std::fs::rename(&current, &previous).map_err(|e| err(&current, &e))?;
     }
     std::fs::rename(&tmp, &current).map_err(|e| err(&tmp, &e))
+}
+
+/// Writes `tensors` (any device) to the safetensors file `path` with `metadata` in its header.
+pub fn write_file(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: HashMap<String, String>) -> Result<(), TrainError> {
+    let views: Vec<(&str, CpuView)> =
+        tensors.iter().map(|(n, t)| Ok((n.as_str(), CpuView::new(n, t)?))).collect::<Result<_, TrainError>>()?;
+    safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (*n, v)), &Some(metadata), path)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
 }
 
 /// The fingerprint in a checkpoint's header (read without the tensors).

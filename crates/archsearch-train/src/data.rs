@@ -27,7 +27,7 @@ pub enum DatasetKind {
 
 impl DatasetKind {
     /// Per-channel mean and std of the training images (in [0, 1]).
-    fn stats(self) -> (&'static [f64], &'static [f64]) {
+    pub fn stats(self) -> (&'static [f64], &'static [f64]) {
         match self {
             DatasetKind::FashionMnist => (&[0.2860], &[0.3530]),
             DatasetKind::Mnist => (&[0.1307], &[0.3081]),

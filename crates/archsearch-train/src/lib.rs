@@ -13,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod export;
 pub mod mixing;
 pub mod nets;
 pub mod nn;
@@ -48,6 +49,8 @@ pub enum TrainError {
     Checkpoint(String),
     #[error("{0}")]
     Device(String),
+    #[error("export: {0}")]
+    Export(String),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -357,9 +360,22 @@ impl TrainTask {
 
     /// Builds the network of `arch` (weights drawn from `seed`).
     pub fn build(&self, arch: &Architecture, seed: u64) -> Result<nets::Model, TrainError> {
-        let io = IoShape { channels: self.data.channels, resolution: self.data.resolution, classes: self.data.classes };
-        let scale = Scale { width: self.fidelity.width, repeats: self.fidelity.repeats };
-        self.config.network.build(&self.space, arch, io, scale, self.device, seed)
+        self.build_on(arch, seed, self.device)
+    }
+
+    /// Builds the network of `arch` on `device`.
+    pub fn build_on(&self, arch: &Architecture, seed: u64, device: Device) -> Result<nets::Model, TrainError> {
+        self.config.network.build(&self.space, arch, self.io(), self.scale(), device, seed)
+    }
+
+    /// The shape of the networks' input and output.
+    pub fn io(&self) -> IoShape {
+        IoShape { channels: self.data.channels, resolution: self.data.resolution, classes: self.data.classes }
+    }
+
+    /// The structural knobs of this task's fidelity.
+    pub fn scale(&self) -> Scale {
+        Scale { width: self.fidelity.width, repeats: self.fidelity.repeats }
     }
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
 
 pub mod bench;
 pub mod config;
+pub mod export;
 pub mod pbt;
 pub mod proxy;
 pub mod registry;

@@ -8,7 +8,7 @@ use archsearch::bench::replay;
 use archsearch::config::{read_toml, Config};
 use archsearch::registry::StrategyConfig;
 use archsearch::report::{study_report, summary, table};
-use archsearch::study::Study;
+use archsearch::study::{checkpoint_root, Study};
 use archsearch::{out, outln};
 use archsearch_core::space::SpaceSpec;
 use archsearch_tasks::tabular::{TableQuery, TableTask};
@@ -51,6 +51,29 @@ enum Command {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Export a trained network for PyTorch: `model.py` (a standalone
+    /// module), `model.safetensors` (its weights) and `architecture.json`.
+    Export {
+        /// The study store: a path or sqlite://PATH.
+        study: String,
+        /// Which study (default: the newest retraining study, `NAME.target`,
+        /// else the only training study).
+        #[arg(long)]
+        name: Option<String>,
+        /// Which trial (default: the study's best).
+        #[arg(long)]
+        trial: Option<u64>,
+        /// The folder to write.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Check with PyTorch that the export's logits on a test batch equal
+        /// archsearch's (to 1e-5).
+        #[arg(long)]
+        verify: bool,
+        /// Python with torch for --verify.
+        #[arg(long, default_value = ".venv/bin/python")]
+        python: PathBuf,
     },
     /// Run several PBT variants × seeds of a PBT config; print mean ± std of
     /// the best members' test accuracy and the compute each used.
@@ -253,6 +276,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(*args),
+        Command::Export { study, name, trial, out, verify, python } => {
+            export(&study, name.as_deref(), trial, &out, verify.then_some(&*python))
+        }
         Command::ProxyCheck { config, study, device, workers, json } => proxy_check(config, study, device, workers, json),
         Command::Compare { config, variants, seeds, study, device, workers, json } => {
             compare(config, variants, seeds, study, device, workers, json)
@@ -361,11 +387,6 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
 }
 
 /// Checkpoints of a SQLite study at `X.db` live in `X.db.ckpt/`.
-fn checkpoint_root(url: &str) -> Option<PathBuf> {
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    (!path.contains("://") && path != ":memory:").then(|| PathBuf::from(format!("{path}.ckpt")))
-}
-
 fn proxy_check(config: PathBuf, study: Option<String>, device: Option<DeviceArg>, workers: Option<usize>, json: bool) -> Result<()> {
     let stem = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "proxy-check".into());
     let url = study.unwrap_or_else(|| format!("{stem}.db"));
@@ -458,6 +479,24 @@ fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
             out!("{}", table(&r))?;
         }
     }
+    Ok(())
+}
+
+fn export(url: &str, name: Option<&str>, trial: Option<u64>, out: &std::path::Path, python: Option<&std::path::Path>) -> Result<()> {
+    let o = archsearch::export::run(url, name, trial, out, python)?;
+    outln!("exported trial {} of study `{}` (trained {} epochs): {}", o.trial, o.study, o.epoch, o.arch)?;
+    for f in &o.files {
+        outln!("  {}", f.display())?;
+    }
+    if let Some(v) = o.verified {
+        outln!(
+            "verified: PyTorch's logits on {} test images equal archsearch's (max |difference| {:.2e}, max |logit| {:.2})",
+            v.batch,
+            v.max_abs_diff,
+            v.max_abs_logit
+        )?;
+    }
+    outln!("load it in Python:\n  import sys; sys.path.insert(0, {:?})\n  import model\n  net = model.load()", out.display().to_string())?;
     Ok(())
 }
 

@@ -685,6 +685,13 @@ pub fn trial_seed(seed: u64, number: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Where a study store at `url` keeps its trials' checkpoints
+/// (`PATH.ckpt/STUDY/trial-N/`); none for an in-memory or server store.
+pub fn checkpoint_root(url: &str) -> Option<std::path::PathBuf> {
+    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    (!path.contains("://") && path != ":memory:").then(|| std::path::PathBuf::from(format!("{path}.ckpt")))
+}
+
 /// The best complete trial of a study, if any.
 pub fn best(trials: &[TrialRecord], direction: Direction) -> Option<&TrialRecord> {
     trials.iter().filter(|t| t.state == TrialState::Complete && t.value.is_some()).fold(None, |best: Option<&TrialRecord>, t| match best {

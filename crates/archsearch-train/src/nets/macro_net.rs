@@ -93,6 +93,17 @@ pub struct Shape<'a> {
     pub stem_stride: i64,
 }
 
+/// The positions before which a chain of `l` positions reduces (in
+/// order): `reductions`, or by default one and two thirds of the way.
+pub fn reduction_positions(l: usize, reductions: Option<&[usize]>) -> Vec<usize> {
+    let default = [l / 3, 2 * l / 3];
+    let mut r: Vec<usize> = reductions.map(|r| r.to_vec()).unwrap_or_else(|| default.iter().copied().filter(|&r| r > 0).collect());
+    r.retain(|&p| p < l);
+    r.sort_unstable();
+    r.dedup();
+    r
+}
+
 pub struct MacroNet {
     stem: (Conv2d, BatchNorm),
     /// Per position: an optional reduction before it, then its op(s).
@@ -112,9 +123,7 @@ impl MacroNet {
     ) -> Result<Self, TrainError> {
         let Shape { channels, reductions, stem_stride } = shape;
         check_space(space)?;
-        let l = space.len();
-        let default = [l / 3, 2 * l / 3];
-        let reductions: Vec<usize> = reductions.map(|r| r.to_vec()).unwrap_or_else(|| default.iter().copied().filter(|&r| r > 0).collect());
+        let reductions = reduction_positions(space.len(), reductions);
         let mut c = scaled(channels, scale.width);
         let stem = (
             Conv2d::new(
@@ -124,7 +133,7 @@ impl MacroNet {
             ),
             BatchNorm::new(&(root / "stem" / "bn"), c),
         );
-        let mut layers = Vec::with_capacity(l);
+        let mut layers = Vec::with_capacity(space.len());
         let mut n_reduce = 0;
         for (i, d) in space.decisions().iter().enumerate() {
             let reduce = if reductions.contains(&i) {

@@ -96,24 +96,46 @@ pub struct Mlp {
     head: Linear,
 }
 
+/// One layer of an architecture, resolved: its width (scaled), the
+/// positions owning its linear and (if it has one) its LayerNorm, its
+/// activation, and whether its residual applies (only where widths agree).
+#[derive(serde::Serialize)]
+pub struct Resolved {
+    pub number: usize,
+    pub width: i64,
+    pub width_pos: usize,
+    pub norm_pos: Option<usize>,
+    pub act: String,
+    pub residual: bool,
+}
+
+/// The layers of `arch`, as both [`Mlp`] and its exported PyTorch twin build them.
+pub fn describe(space: &Space, arch: &Architecture, io: IoShape, scale: Scale) -> Result<Vec<Resolved>, TrainError> {
+    let mut cin = io.channels * io.resolution * io.resolution;
+    let mut out = Vec::new();
+    for l in layers(space, Some(arch))? {
+        let (Some(width), Some(width_pos)) = (l.width, l.width_pos) else {
+            return Err(TrainError::Config(format!("MLP layer {} has no width", l.number)));
+        };
+        let w = scaled(width, scale.width);
+        // A LayerNorm exists only where a `layer<N>.norm` decision chose it.
+        let norm_pos = l.norm_pos.filter(|_| l.norm);
+        out.push(Resolved { number: l.number, width: w, width_pos, norm_pos, act: l.act, residual: l.residual && cin == w });
+        cin = w;
+    }
+    Ok(out)
+}
+
 impl Mlp {
     pub fn new(root: &Path, rng: &mut InitRng, space: &Space, arch: &Architecture, io: IoShape, scale: Scale) -> Result<Self, TrainError> {
         let mut cin = io.channels * io.resolution * io.resolution;
         let mut out = Vec::new();
-        for l in layers(space, Some(arch))? {
-            let (Some(width), Some(width_pos)) = (l.width, l.width_pos) else {
-                return Err(TrainError::Config(format!("MLP layer {} has no width", l.number)));
-            };
-            let w = scaled(width, scale.width);
+        for l in describe(space, arch, io, scale)? {
             let layer = format!("layer{}", l.number);
-            let linear = Linear::new(&(root / format!("pos{width_pos}") / layer.as_str() / "linear"), rng, cin, w);
-            // A LayerNorm exists only where a `layer<N>.norm` decision chose it.
-            let norm = match (l.norm, l.norm_pos) {
-                (true, Some(p)) => Some(LayerNorm::new(&(root / format!("pos{p}") / layer.as_str() / "norm"), w)),
-                _ => None,
-            };
-            out.push(Layer { linear, norm, act: l.act, residual: l.residual && cin == w });
-            cin = w;
+            let linear = Linear::new(&(root / format!("pos{}", l.width_pos) / layer.as_str() / "linear"), rng, cin, l.width);
+            let norm = l.norm_pos.map(|p| LayerNorm::new(&(root / format!("pos{p}") / layer.as_str() / "norm"), l.width));
+            out.push(Layer { linear, norm, act: l.act, residual: l.residual });
+            cin = l.width;
         }
         Ok(Mlp { layers: out, head: Linear::new(&(root / "head"), rng, cin, io.classes) })
     }
