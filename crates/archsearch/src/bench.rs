@@ -33,6 +33,10 @@ pub struct ReplayResult {
     /// Mean simulated cost a run spent.
     pub cost: f64,
     pub wall_seconds: f64,
+    /// Samples to quality: `[evaluations, mean, std]` over seeds of the
+    /// report value of each run's pick after that many evaluations (at most
+    /// about 60 points, spaced geometrically).
+    pub curve: Vec<(u64, f64, f64)>,
 }
 
 /// A replay's budget per run: evaluations, simulated cost, or both.
@@ -82,13 +86,16 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                 };
                 run.evaluations += 1;
                 seen.insert(arch.choices.clone());
+                let pick = |best: Option<(u64, f64, f64)>| best.map_or(f64::NAN, |(_, _, r)| r);
                 let Some((value, report, cost)) = task.value_at(&arch, b)? else {
                     s.tell_job(trial, &arch, b, Outcome::Failed)?;
+                    run.picks.push(pick(best));
                     continue;
                 };
                 run.cost += cost;
                 if !value.is_finite() {
                     s.tell_job(trial, &arch, b, Outcome::Failed)?;
+                    run.picks.push(pick(best));
                     continue;
                 }
                 let level = b.unwrap_or(u64::MAX);
@@ -96,6 +103,7 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                     best = Some((level, value, report));
                 }
                 s.tell_job(trial, &arch, b, Outcome::Complete { value })?;
+                run.picks.push(pick(best));
             }
             let (_, search, report) = best.ok_or_else(|| anyhow!("seed {seed}: no query found its architecture in the table"))?;
             run.report = report;
@@ -118,7 +126,25 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
         evaluations: mean(&col(|r| r.evaluations as f64)),
         cost: mean(&col(|r| r.cost)),
         wall_seconds: start.elapsed().as_secs_f64(),
+        curve: curve(&runs),
     })
+}
+
+/// Mean and std over runs of the report value of each run's pick after `k`
+/// evaluations, at geometrically spaced `k` (a run that stopped earlier
+/// keeps its last pick).
+fn curve(runs: &[Run]) -> Vec<(u64, f64, f64)> {
+    let longest = runs.iter().map(|r| r.picks.len()).max().unwrap_or(0);
+    let mut grid: Vec<usize> = (0..60).map(|i| (longest as f64).powf(i as f64 / 59.0).round() as usize).collect();
+    grid.dedup();
+    grid.into_iter()
+        .filter(|&k| k >= 1 && k <= longest)
+        .filter_map(|k| {
+            let values: Vec<f64> =
+                runs.iter().filter_map(|r| r.picks.get(k - 1).or(r.picks.last()).copied()).filter(|v| v.is_finite()).collect();
+            (!values.is_empty()).then(|| (k as u64, mean(&values), std(&values)))
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -128,6 +154,8 @@ struct Run {
     distinct: usize,
     evaluations: u64,
     cost: f64,
+    /// The report value of the pick after each evaluation (NaN before any).
+    picks: Vec<f64>,
 }
 
 /// `archsearch bench-train`: the reference networks trained by archsearch

@@ -52,6 +52,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a self-contained HTML report (inline SVG plots and their data
+    /// tables) of a study store, or of a file of `bench --json` lines.
+    Report {
+        /// The study store (a path or sqlite://PATH), or a bench results file.
+        study: String,
+        /// Which study of the store (default: all).
+        #[arg(long)]
+        name: Option<String>,
+        /// The HTML file to write.
+        #[arg(short, long, default_value = "report.html")]
+        out: PathBuf,
+        /// Also print the report's data tables as text.
+        #[arg(long)]
+        tables: bool,
+    },
+    /// Serve a live report of a study store on a local port; it refreshes
+    /// while workers run (the store is only read).
+    Dashboard {
+        /// The study store: a path or sqlite://PATH.
+        study: String,
+        /// Which study of the store (default: all).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The address to listen on (127.0.0.1: this machine only).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+    },
     /// Export a trained network for PyTorch: `model.py` (a standalone
     /// module), `model.safetensors` (its weights) and `architecture.json`.
     Export {
@@ -276,6 +305,12 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(*args),
+        Command::Report { study, name, out, tables } => report(&study, name.as_deref(), &out, tables),
+        Command::Dashboard { study, name, port, host } => {
+            let d = archsearch_report::Dashboard::bind(&study, name.as_deref(), (host, port).into())?;
+            outln!("dashboard of {study} at http://{}/ (Ctrl-C to stop)", d.local_addr()?)?;
+            Ok(d.serve()?)
+        }
         Command::Export { study, name, trial, out, verify, python } => {
             export(&study, name.as_deref(), trial, &out, verify.then_some(&*python))
         }
@@ -478,6 +513,37 @@ fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
         } else {
             out!("{}", table(&r))?;
         }
+    }
+    Ok(())
+}
+
+/// Whether `input` is a file of bench results (JSON lines) rather than a store.
+fn bench_results(input: &str) -> Result<Option<Vec<serde_json::Value>>> {
+    let path = std::path::Path::new(input);
+    let Ok(text) = std::fs::read(path) else { return Ok(None) };
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(None);
+    }
+    let text = String::from_utf8(text).with_context(|| format!("{input}: not UTF-8"))?;
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let results = lines.map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{input}, line {}", i + 1))).collect::<Result<_>>()?;
+    Ok(Some(results))
+}
+
+fn report(input: &str, name: Option<&str>, out: &std::path::Path, tables: bool) -> Result<()> {
+    let (title, sections) = match bench_results(input)? {
+        Some(results) => (format!("archsearch bench: {input}"), archsearch_report::bench_sections(&results)?),
+        None => {
+            let store = archsearch_store::open_read_only(input)?;
+            archsearch_report::store_sections(store.as_ref(), name)?
+        }
+    };
+    let html = archsearch_report::page(&title, &sections, None);
+    std::fs::write(out, &html).with_context(|| format!("writing {}", out.display()))?;
+    let plots: usize = sections.iter().map(|s| s.plots.len()).sum();
+    outln!("wrote {}: {} sections, {plots} plots, {} KiB", out.display(), sections.len(), html.len() / 1024)?;
+    if tables {
+        out!("\n{}", archsearch_report::tables_text(&sections))?;
     }
     Ok(())
 }

@@ -142,10 +142,12 @@ pub fn run(path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option
     if !(c.top_fraction > 0.0 && c.top_fraction <= 1.0) {
         bail!("{}: [check] top_fraction = {} must be in (0, 1]", path.display(), c.top_fraction);
     }
-    let reports = match &file.task {
+    let (reports, pairs): (Vec<ProxyReport>, Vec<Pairs>) = match &file.task {
         TaskConfig::Nb201 { .. } | TaskConfig::Table { .. } => tabular(&file, path)?,
         TaskConfig::Train(_) => training(&file, path, url, device, workers)?,
-    };
+    }
+    .into_iter()
+    .unzip();
     let mut store = archsearch_store::open(url)?;
     let new = NewStudy {
         name,
@@ -155,10 +157,32 @@ pub fn run(path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option
     };
     let (record, _) = store.open_study(&new)?;
     store.set_attr(record.id, "proxy_check", &serde_json::to_string(&reports)?)?;
+    // The (proxy, target) values behind each report, for its scatter plot.
+    let pairs: serde_json::Map<String, serde_json::Value> =
+        reports.iter().zip(pairs).map(|(r, p)| (r.proxy.clone(), serde_json::json!(p))).collect();
+    store.set_attr(record.id, "proxy_pairs", &serde_json::to_string(&pairs)?)?;
     Ok(reports)
 }
 
-fn tabular(file: &CheckFile, path: &Path) -> Result<Vec<ProxyReport>> {
+/// At most this many (proxy, target) pairs of a check are stored for its plot.
+const STORED_PAIRS: usize = 2_000;
+
+/// The finite (proxy, target) pairs of a check; an evenly spaced
+/// [`STORED_PAIRS`] of them when there are more.
+type Pairs = Vec<(f64, f64)>;
+
+fn pairs(proxy: &[f64], target: &[f64]) -> Pairs {
+    let all: Pairs = proxy.iter().zip(target).map(|(&p, &t)| (p, t)).filter(|(p, t)| p.is_finite() && t.is_finite()).collect();
+    let stride = all.len().div_ceil(STORED_PAIRS).max(1);
+    all.into_iter().step_by(stride).collect()
+}
+
+/// Compares one proxy and keeps its pairs.
+fn check(name: &str, target_name: &str, proxy: &[f64], target: &[f64], top: f64, cost_ratio: f64) -> Result<(ProxyReport, Pairs)> {
+    Ok((compare(name, target_name, proxy, target, top, cost_ratio)?, pairs(proxy, target)))
+}
+
+fn tabular(file: &CheckFile, path: &Path) -> Result<Vec<(ProxyReport, Pairs)>> {
     let c = &file.check;
     let Some(first) = c.pairs.first() else {
         bail!("{}: [check] needs `pairs` (proxy and target columns) for a table task", path.display())
@@ -188,11 +212,17 @@ fn tabular(file: &CheckFile, path: &Path) -> Result<Vec<ProxyReport>> {
     };
     c.pairs
         .iter()
-        .map(|p| compare(&p.name, &p.target, &column(&p.proxy)?, &column(&p.target)?, c.top_fraction, p.proxy_cost / p.target_cost))
+        .map(|p| check(&p.name, &p.target, &column(&p.proxy)?, &column(&p.target)?, c.top_fraction, p.proxy_cost / p.target_cost))
         .collect()
 }
 
-fn training(file: &CheckFile, path: &Path, url: &str, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<Vec<ProxyReport>> {
+fn training(
+    file: &CheckFile,
+    path: &Path,
+    url: &str,
+    device: Option<DeviceChoice>,
+    workers: Option<usize>,
+) -> Result<Vec<(ProxyReport, Pairs)>> {
     let TaskConfig::Train(task) = &file.task else { unreachable!() };
     let c = &file.check;
     if c.proxies.is_empty() {
@@ -240,7 +270,7 @@ fn training(file: &CheckFile, path: &Path, url: &str, device: Option<DeviceChoic
         .iter()
         .map(|p| {
             let (values, cost) = evaluate(&p.name, &p.fidelity)?;
-            compare(&p.name, "target", &values, &target_values, c.top_fraction, cost / target_cost)
+            check(&p.name, "target", &values, &target_values, c.top_fraction, cost / target_cost)
         })
         .collect()
 }
