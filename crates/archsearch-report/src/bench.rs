@@ -3,8 +3,9 @@
 //!
 //! Each result carries the mean and std over seeds of the picked
 //! architectures' report value and, optionally, a samples-to-quality `curve`
-//! of `[evaluations, mean best search value so far, std]` triples. Wall
-//! seconds are left out of the tables (they differ from run to run).
+//! of `[evaluations, mean, std]` triples: the report value of each run's
+//! pick after that many evaluations. Wall seconds are left out of the
+//! tables (they differ from run to run).
 
 use serde::Deserialize;
 
@@ -14,7 +15,7 @@ use crate::{num, opt_num, Plot, ReportError, Section, Table};
 /// The section title of a bench report.
 pub(crate) const BENCH: &str = "Bench";
 
-/// `(evaluations, mean best search value so far, std)`; `null` where NaN.
+/// `(evaluations, mean, std)` of the report value of the pick; `null` where NaN.
 type CurvePoint = (Option<f64>, Option<f64>, Option<f64>);
 
 /// One replay result; JSON has no NaN, so missing statistics are `null`.
@@ -104,8 +105,8 @@ pub fn bench_sections(results: &[serde_json::Value]) -> Result<Vec<Section>, Rep
         }
     }
     if !series.is_empty() {
-        let title = "Samples to quality (mean best search value so far, ± std)".to_string();
-        let axes = Axes { title: &title, x: "evaluations", y: "best search value so far", legend_low: true };
+        let title = "Samples to quality (report value of the pick so far, mean ± std)".to_string();
+        let axes = Axes { title: &title, x: "evaluations", y: "report value of the pick", legend_low: true };
         plots.push(Plot { title: title.clone(), svg: plots::xy_chart(&axes, &series) });
     }
 
@@ -136,7 +137,7 @@ pub fn bench_sections(results: &[serde_json::Value]) -> Result<Vec<Section>, Rep
     if !curve_rows.is_empty() {
         tables.push(Table {
             title: "Samples-to-quality curves".into(),
-            columns: ["strategy", "evaluations", "mean best", "std"].map(String::from).to_vec(),
+            columns: ["strategy", "evaluations", "mean of pick", "std"].map(String::from).to_vec(),
             rows: curve_rows,
         });
     }
