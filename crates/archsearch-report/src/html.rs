@@ -149,18 +149,30 @@ pub fn sections_html(sections: &[Section]) -> String {
     out
 }
 
+/// Rows of a table shown in a page (a study of 100,000 trials keeps its
+/// page small; `tables_text` has every row).
+const PAGE_ROWS: usize = 1_000;
+
 fn table_html(out: &mut String, t: &Table) {
     out.push_str("<div class=\"table\"><table>\n<thead><tr>");
     for c in &t.columns {
         let _ = write!(out, "<th>{}</th>", escape(c));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
-    for row in &t.rows {
+    for row in t.rows.iter().take(PAGE_ROWS) {
         out.push_str("<tr>");
         for cell in row {
             let _ = write!(out, "<td>{}</td>", escape(cell));
         }
         out.push_str("</tr>\n");
+    }
+    if t.rows.len() > PAGE_ROWS {
+        let more = t.rows.len() - PAGE_ROWS;
+        let _ = writeln!(
+            out,
+            "<tr><td colspan=\"{}\">… and {more} more rows (`archsearch report --tables` prints them all)</td></tr>",
+            t.columns.len().max(1)
+        );
     }
     out.push_str("</tbody>\n</table></div>\n");
 }
@@ -200,6 +212,16 @@ mod tests {
                 html.replace("xmlns=\"http://www.w3.org/2000/svg\"", "").replace("<link rel=\"icon\" href=\"data:,\">", "");
             assert!(!without_svg_ns.contains(external), "{external}");
         }
+    }
+
+    #[test]
+    fn long_tables_show_their_first_rows_in_a_page() {
+        let t = Table { title: "t".into(), columns: vec!["n".into()], rows: (0..1_500).map(|i| vec![i.to_string()]).collect() };
+        let s = Section { title: "s".into(), plots: vec![], tables: vec![t] };
+        let html = sections_html(std::slice::from_ref(&s));
+        assert!(html.contains("<td>999</td>") && !html.contains("<td>1000</td>"));
+        assert!(html.contains("and 500 more rows") && html.contains("(1500 rows)"));
+        assert!(crate::tables_text(&[s]).contains("\n1499\n"), "the text tables keep every row");
     }
 
     #[test]

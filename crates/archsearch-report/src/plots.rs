@@ -152,8 +152,27 @@ pub(crate) struct Axes<'a> {
     pub legend_low: bool,
 }
 
+/// Points drawn per series at most: a longer series keeps evenly spaced
+/// points and its last (at 640 pixels wide, nothing visible is lost).
+const MAX_POINTS: usize = 2_000;
+
+fn thinned(s: &Series) -> Series {
+    let n = s.points.len();
+    if n <= MAX_POINTS {
+        return s.clone();
+    }
+    let stride = n.div_ceil(MAX_POINTS);
+    let mut points: Vec<(f64, f64)> = s.points.iter().copied().step_by(stride).collect();
+    if (n - 1) / stride * stride < n - 1 {
+        points.push(s.points[n - 1]);
+    }
+    Series { points, ..s.clone() }
+}
+
 /// A chart of numeric series on numeric axes.
 pub(crate) fn xy_chart(axes: &Axes<'_>, series: &[Series]) -> String {
+    let series: Vec<Series> = series.iter().map(thinned).collect();
+    let series = series.as_slice();
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let (x0, x1) = span(series.iter().flat_map(|s| s.points.iter().filter(finite).map(|p| p.0)));
     let (y0, y1) = span(series.iter().filter(|s| s.mark != Mark::FloorCrosses).flat_map(|s| s.points.iter().filter(finite).map(|p| p.1)));
@@ -470,6 +489,18 @@ mod tests {
 
     fn is_svg(s: &str) -> bool {
         s.starts_with("<svg") && s.trim_end().ends_with("</svg>")
+    }
+
+    #[test]
+    fn long_series_are_thinned_to_evenly_spaced_points_and_their_last() {
+        let s = Series::new(None, C_BLUE, Mark::Step, (0..10_001).map(|i| (i as f64, i as f64)).collect());
+        let t = thinned(&s);
+        assert!(t.points.len() <= MAX_POINTS + 1, "{}", t.points.len());
+        assert_eq!((t.points[0], *t.points.last().unwrap()), ((0.0, 0.0), (10_000.0, 10_000.0)));
+        let short = Series::new(None, C_BLUE, Mark::Dots, vec![(0.0, 1.0); 10]);
+        assert_eq!(thinned(&short).points, short.points);
+        let huge = xy_chart(&Axes { title: "t", x: "x", y: "y", legend_low: false }, &[s]);
+        assert!(is_svg(&huge) && huge.len() < 400_000, "{} bytes", huge.len());
     }
 
     #[test]

@@ -253,12 +253,18 @@ fn top_options(d: &StudyData) -> Option<(Plot, Table)> {
     Some((plot(title, svg), table))
 }
 
+/// Curves drawn at most in the intermediate-values plot.
+const MAX_CURVES: usize = 500;
+
 /// Intermediate values by step, with where each trial stopped.
 fn fidelity(d: &StudyData) -> Section {
     let mut trials: Vec<&TrialRecord> = d.trials.iter().filter(|t| !t.intermediate.is_empty()).collect();
     trials.sort_by_key(|t| t.number);
     let mut series = Vec::new();
-    for t in &trials {
+    // At most MAX_CURVES curves (evenly spaced by trial number); every
+    // trial's end marker is drawn.
+    let stride = trials.len().div_ceil(MAX_CURVES).max(1);
+    for t in trials.iter().step_by(stride) {
         let pts = t.intermediate.iter().map(|&(s, v)| (s as f64, v)).collect();
         series.push(Series::new(None, plots::lighten(state_color(t.state), 0.45), Mark::Line, pts));
     }
@@ -281,7 +287,10 @@ fn fidelity(d: &StudyData) -> Section {
         };
         series.push(Series::new(Some(label.into()), state_color(st), mark, ends));
     }
-    let title = "Intermediate values by step".to_string();
+    let title = match stride {
+        1 => "Intermediate values by step".to_string(),
+        _ => format!("Intermediate values by step (curves of every {stride}th of {} trials)", trials.len()),
+    };
     let axes = Axes { title: &title, x: "step (budget)", y: "intermediate value", legend_low: d.study.direction == Direction::Maximize };
     let svg = plots::xy_chart(&axes, &series);
     let rows = trials
