@@ -13,6 +13,7 @@
 //! same search, bit for bit.
 
 pub mod adam;
+pub mod estimators;
 pub mod policy;
 pub mod ppo;
 pub mod reinforce;

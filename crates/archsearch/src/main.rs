@@ -162,6 +162,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: DeviceArg,
     },
+    /// Check gradient estimators of ∇α E[f(h)] on a categorical problem whose
+    /// exact gradient is known (enumeration): bias and variance of REINFORCE,
+    /// soft and straight-through Gumbel-softmax at several temperatures, and
+    /// RELAX.
+    BenchEstimators {
+        /// One-sample estimates per estimator.
+        #[arg(long, default_value_t = 4000)]
+        samples: usize,
+        #[arg(long, default_value_t = 4)]
+        decisions: usize,
+        #[arg(long, default_value_t = 5)]
+        options: usize,
+        /// Seed of the problem and of the samples.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// One JSON object per estimator.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the per-trial cost of ask + tell + store as a study grows
     /// (any strategy, on the NAS-Bench-201 table).
     BenchStore {
@@ -319,6 +338,7 @@ fn real_main(cli: Cli) -> Result<()> {
             compare(config, variants, seeds, study, device, workers, json)
         }
         Command::BenchStore { trials, strategy, study } => bench_store(trials, &strategy, study),
+        Command::BenchEstimators { samples, decisions, options, seed, json } => bench_estimators(samples, decisions, options, seed, json),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
             let device = device.choice().resolve()?;
             archsearch::bench::train_speed(steps, batch, workers, &python, data_dir.as_deref(), device)
@@ -677,6 +697,29 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if !a.json {
         outln!("total wall time {:.1} s", start.elapsed().as_secs_f64())?;
+    }
+    Ok(())
+}
+
+fn bench_estimators(samples: usize, decisions: usize, options: usize, seed: u64, json: bool) -> Result<()> {
+    use archsearch_rl::estimators::{all, measure, Problem};
+    if samples < 2 || decisions == 0 || options < 2 || options.pow(decisions as u32) > 1_000_000 {
+        bail!("--samples must be >= 2, --options >= 2, --decisions >= 1, and options^decisions at most 1,000,000 (the exact gradient enumerates them)");
+    }
+    archsearch_rl::init_thread(1);
+    let problem = Problem::new(decisions, options, seed);
+    if !json {
+        outln!("{decisions} decisions × {options} options, {samples} one-sample estimates each; bias and variance relative to the exact gradient")?;
+        outln!("{:<12} {:>6} {:>10} {:>10} {:>12}", "estimator", "τ", "bias", "noise", "variance")?;
+    }
+    for e in all() {
+        let r = measure(&problem, e, samples, seed + 1);
+        if json {
+            outln!("{}", serde_json::to_string(&r)?)?;
+        } else {
+            let tau = r.temperature.map(|t| format!("{t}")).unwrap_or_else(|| "-".into());
+            outln!("{:<12} {:>6} {:>10.4} {:>10.4} {:>12.4}", r.estimator, tau, r.bias, r.noise, r.variance)?;
+        }
     }
     Ok(())
 }

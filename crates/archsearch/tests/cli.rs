@@ -348,3 +348,22 @@ fn trials_not_in_the_table_fail_with_their_reason_and_the_study_goes_on() {
         }
     }
 }
+
+#[test]
+fn bench_estimators_prints_one_json_object_per_estimator() {
+    let out = run_ok(&["bench-estimators", "--samples", "100", "--decisions", "2", "--options", "3", "--json"]);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        for key in ["estimator", "temperature", "bias", "variance", "noise", "samples"] {
+            assert!(r.get(key).is_some(), "{key} missing in {r}");
+        }
+        assert_eq!(r["samples"], 100);
+        assert!(r["bias"].as_f64().unwrap().is_finite() && r["variance"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    let names: Vec<&str> = rows.iter().map(|r| r["estimator"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "gumbel-soft").count(), 5);
+    assert!(names.contains(&"reinforce") && names.contains(&"relax") && names.contains(&"gumbel-st"));
+    let e = stderr_of(&["bench-estimators", "--decisions", "10", "--options", "10"]);
+    assert!(e.contains("options^decisions"), "{e}");
+}
