@@ -5,7 +5,7 @@
 //! body, built afresh from the store on every request. The store is opened
 //! read-only for each request, so the dashboard never changes a study and
 //! never holds a lock that workers wait on. It binds to 127.0.0.1 unless told
-//! otherwise.
+//! otherwise, and there answers only requests for a loopback host name.
 
 use std::net::SocketAddr;
 
@@ -64,9 +64,25 @@ impl Dashboard {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(err)?;
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(self.listener).map_err(err)?;
-            let app = Router::new().route("/", get(index)).route("/fragment", get(fragment)).with_state(self.source);
+            let mut app = Router::new().route("/", get(index)).route("/fragment", get(fragment)).with_state(self.source);
+            if listener.local_addr().map_err(err)?.ip().is_loopback() {
+                app = app.layer(axum::middleware::from_fn(local_only));
+            }
             axum::serve(listener, app).await.map_err(err)
         })
+    }
+}
+
+/// On a loopback address, only requests naming a loopback host: a web page
+/// elsewhere cannot read the report through DNS rebinding.
+async fn local_only(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let host = request.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    if matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+        next.run(request).await
+    } else {
+        (StatusCode::FORBIDDEN, "the dashboard answers requests for localhost only").into_response()
     }
 }
 

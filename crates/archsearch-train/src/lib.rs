@@ -202,6 +202,13 @@ impl TrainTaskConfig {
         }
         for (what, f) in std::iter::once(("proxy", &self.proxy)).chain(self.target.iter().map(|t| ("target", t))) {
             self.check_size(space, what, f)?;
+            // Its two reductions add a strided conv's output to a 2×2 pool's:
+            // their sizes agree only when the resolution divides by 4.
+            if let (NetConfig::Nb201 { .. }, Some(r)) = (&self.network, f.resolution) {
+                if r % 4 != 0 {
+                    return Err(TrainError::Config(format!("[task.{what}] resolution = {r}: the nb201 network needs a multiple of 4")));
+                }
+            }
         }
         Ok(())
     }

@@ -539,12 +539,16 @@ fn show(url: &str, name: Option<&str>, json: bool) -> Result<()> {
 
 /// Whether `input` is a file of bench results (JSON lines) rather than a store.
 fn bench_results(input: &str) -> Result<Option<Vec<serde_json::Value>>> {
+    use std::io::Read as _;
     let path = std::path::Path::new(input);
-    let Ok(text) = std::fs::read(path) else { return Ok(None) };
-    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+    let Ok(file) = std::fs::File::open(path) else { return Ok(None) };
+    // A store is never read whole: only its first bytes are looked at.
+    let mut head = Vec::new();
+    file.take(4096).read_to_end(&mut head).with_context(|| format!("reading {input}"))?;
+    if head.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Ok(None);
     }
-    let text = String::from_utf8(text).with_context(|| format!("{input}: not UTF-8"))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{input}: not a UTF-8 text file of bench results"))?;
     let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let results = lines.map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{input}, line {}", i + 1))).collect::<Result<_>>()?;
     Ok(Some(results))
@@ -578,7 +582,7 @@ fn export(url: &str, name: Option<&str>, trial: Option<u64>, out: &std::path::Pa
         outln!(
             "verified: PyTorch's logits on {} test images equal archsearch's (max |difference| {:.2e}, max |logit| {:.2})",
             v.batch,
-            v.max_abs_diff,
+            v.max_abs_diff.unwrap_or(f64::NAN),
             v.max_abs_logit
         )?;
     }
@@ -703,7 +707,8 @@ fn bench(a: BenchArgs) -> Result<()> {
 
 fn bench_estimators(samples: usize, decisions: usize, options: usize, seed: u64, json: bool) -> Result<()> {
     use archsearch_rl::estimators::{all, measure, Problem};
-    if samples < 2 || decisions == 0 || options < 2 || options.pow(decisions as u32) > 1_000_000 {
+    let architectures = u32::try_from(decisions).ok().and_then(|d| options.checked_pow(d));
+    if samples < 2 || decisions == 0 || options < 2 || architectures.is_none_or(|n| n > 1_000_000) {
         bail!("--samples must be >= 2, --options >= 2, --decisions >= 1, and options^decisions at most 1,000,000 (the exact gradient enumerates them)");
     }
     archsearch_rl::init_thread(1);

@@ -96,6 +96,7 @@ const CASES: &[Case] = &[
     ok("config/missing-train-network.toml", &["[task]", "missing field `network`"]),
     ok("config/missing-table-space.toml", &["[space]", "table task needs a [space]"]),
     ok("config/missing-train-space.toml", &["[space]", "training task needs a [space]"]),
+    ok("config/nb201-resolution-not-multiple-of-4.toml", &["[task.proxy] resolution = 14", "multiple of 4"]),
     // Unknown kinds.
     ok("config/unknown-strategy-kind.toml", &["line 4", "hillclimb"]),
     ok("config/unknown-task-kind.toml", &["line 2", "imagenet"]),

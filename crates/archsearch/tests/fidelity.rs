@@ -169,12 +169,21 @@ fn sigkill_during_hyperband_and_resume_gives_the_uninterrupted_study() {
     let db = d.path().join("killed.db");
     let mut kills = 0;
     let mut before: Vec<Row> = Vec::new();
-    for delay_ms in [150u64, 400, 700] {
+    for delay_ms in [0u64, 100, 250] {
         let mut child = bin()
             .args(["run", c.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Kill once this run has recorded trials of its own (however slowly a
+        // loaded machine starts it), `delay_ms` later.
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none()
+            && !(db.exists() && rows(&db).len() > before.len())
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::thread::sleep(Duration::from_millis(delay_ms));
         if child.try_wait().unwrap().is_none() {
             // SAFETY: plain kill(2) of our own child.

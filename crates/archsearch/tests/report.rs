@@ -195,6 +195,17 @@ fn the_dashboard_shows_a_trial_told_after_the_page_opened_without_a_reload() {
     assert_eq!(text_of(&tab, "window.probe"), "same page", "the page was reloaded");
     assert!(text_of(&tab, "document.getElementById('updated').textContent").starts_with("updated "));
     assert!(errors.lock().unwrap().is_empty(), "console errors {:?}", errors.lock().unwrap());
+    // A request naming another host (DNS rebinding) is refused.
+    let status = |host: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches('/')).unwrap();
+        write!(s, "GET /fragment HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.lines().next().unwrap_or_default().to_string()
+    };
+    assert!(status("evil.example:8080").contains("403"), "{}", status("evil.example:8080"));
+    assert!(status("localhost:8080").contains("200"), "{}", status("localhost:8080"));
 }
 
 /// A dashboard process, stopped when the test ends (passed or not).
