@@ -86,24 +86,23 @@ pub fn replay(task: &TableTask, strategy: &StrategyConfig, budget: ReplayBudget,
                 };
                 run.evaluations += 1;
                 seen.insert(arch.choices.clone());
-                let pick = |best: Option<(u64, f64, f64)>| best.map_or(f64::NAN, |(_, _, r)| r);
-                let Some((value, report, cost)) = task.value_at(&arch, b)? else {
-                    s.tell_job(trial, &arch, b, Outcome::Failed)?;
-                    run.picks.push(pick(best));
-                    continue;
+                let outcome = match task.value_at(&arch, b)? {
+                    Some((value, report, cost)) => {
+                        run.cost += cost;
+                        if value.is_finite() {
+                            let level = b.unwrap_or(u64::MAX);
+                            if best.is_none_or(|(l, v, _)| level > l || (level == l && value > v)) {
+                                best = Some((level, value, report));
+                            }
+                            Outcome::Complete { value }
+                        } else {
+                            Outcome::Failed
+                        }
+                    }
+                    None => Outcome::Failed,
                 };
-                run.cost += cost;
-                if !value.is_finite() {
-                    s.tell_job(trial, &arch, b, Outcome::Failed)?;
-                    run.picks.push(pick(best));
-                    continue;
-                }
-                let level = b.unwrap_or(u64::MAX);
-                if best.is_none_or(|(l, v, _)| level > l || (level == l && value > v)) {
-                    best = Some((level, value, report));
-                }
-                s.tell_job(trial, &arch, b, Outcome::Complete { value })?;
-                run.picks.push(pick(best));
+                s.tell_job(trial, &arch, b, outcome)?;
+                run.picks.push(best.map_or(f64::NAN, |(_, _, r)| r));
             }
             let (_, search, report) = best.ok_or_else(|| anyhow!("seed {seed}: no query found its architecture in the table"))?;
             run.report = report;

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use headless_chrome::protocol::cdp::types::Event;
+use headless_chrome::protocol::cdp::Log::LogEntryLevel;
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+use headless_chrome::protocol::cdp::Runtime::ConsoleAPICalledEventTypeOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -104,8 +106,8 @@ fn open(browser: &Browser, url: &str) -> (Arc<Tab>, Arc<Mutex<Vec<String>>>) {
     tab.add_event_listener(Arc::new(move |event: &Event| {
         let error = match event {
             Event::RuntimeExceptionThrown(e) => Some(format!("{e:?}")),
-            Event::RuntimeConsoleAPICalled(e) => Some(format!("{e:?}")).filter(|s| s.contains("Type: Error")),
-            Event::LogEntryAdded(e) => Some(format!("{e:?}")).filter(|s| s.contains("level: Error")),
+            Event::RuntimeConsoleAPICalled(e) if e.params.Type == ConsoleAPICalledEventTypeOption::Error => Some(format!("{e:?}")),
+            Event::LogEntryAdded(e) if e.params.entry.level == LogEntryLevel::Error => Some(format!("{e:?}")),
             _ => None,
         };
         if let Some(e) = error {
@@ -159,6 +161,16 @@ fn reports_load_in_chromium_without_console_errors_and_render() {
     assert!(tables.contains("## Population-based training") && tables.contains("### Lineage edges"), "{tables}");
     pages.push(("pbt", html));
     let browser = browser();
+    // The watch itself: a page with a console error, an exception and a
+    // missing image is caught on all three counts.
+    let broken = write(d.path(), "broken.html", "<img src=\"missing.png\"><script>console.error('e'); undefined_function();</script>");
+    let (_, errors) = open(&browser, &format!("file://{}", broken.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(errors.lock().unwrap().len(), 3, "{:?}", errors.lock().unwrap());
+    // A blank page is blank.
+    let blank = write(d.path(), "blank.html", "<html><body></body></html>");
+    let (tab, _) = open(&browser, &format!("file://{}", blank.display()));
+    assert!(!not_blank(&tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true).unwrap()));
     for (name, html) in pages {
         let (tab, errors) = open(&browser, &format!("file://{}", html.display()));
         let svgs: usize = text_of(&tab, "String(document.querySelectorAll('figure svg').length)").parse().unwrap();
