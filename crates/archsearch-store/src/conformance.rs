@@ -66,6 +66,59 @@ pub fn run_all(make: &mut dyn FnMut() -> Box<dyn Storage>) {
     a_crashed_attempt_is_charged_its_cost(make().as_mut());
     studies_have_unique_ids_and_configs_can_grow(make().as_mut());
     a_released_trial_is_rerun_without_counting_a_crash(make().as_mut());
+    concurrent_runners_never_share_a_trial(make().as_mut());
+}
+
+/// Runners on their own connections ask, tell and claim at the same time:
+/// every trial gets one number and one owner, and each orphan is claimed by
+/// exactly one of them.
+fn concurrent_runners_never_share_a_trial(s: &mut dyn Storage) {
+    let id = study(s, "concurrent");
+    let runners = 4;
+    let per = 25;
+    let handles: Vec<_> = (0..runners)
+        .map(|r| {
+            let mut c = s.connect_again().unwrap().expect("a store on disk or a server connects again");
+            std::thread::spawn(move || {
+                let owner = format!("remote-w{r}:1:1");
+                let mut mine = Vec::new();
+                for i in 0..per {
+                    let st = c.ask(id, 0, &owner, &mut |_, _| Ok(Some((entry(b"a"), trial(&format!("w{r}-{i}")))))).unwrap().unwrap();
+                    c.tell(id, st.trial_id, &owner, 0, &complete(i as f64), &mut |_| Ok((entry(b"t"), vec![]))).unwrap();
+                    mine.push(st.number);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut numbers: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..(runners * per) as u64).collect::<Vec<_>>(), "every number once");
+    let c = s.study("concurrent").unwrap().counts;
+    assert_eq!((c.started, c.finished), ((runners * per) as u64, (runners * per) as u64));
+    let (version, _) = s.strategy_state(id, 0).unwrap();
+    assert_eq!(version, 2 * (runners * per) as u64, "every ask and tell wrote the state once");
+    // Orphans of a dead remote runner, claimed by four runners at once.
+    let orphans = 20;
+    for i in 0..orphans {
+        s.ask(id, 0, "remote-dead:1:1", &mut |_, _| Ok(Some((entry(b"a"), trial(&format!("o{i}")))))).unwrap();
+    }
+    // Stale after 1 s: the orphans are, a trial claimed a moment ago is not.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let handles: Vec<_> = (0..runners)
+        .map(|r| {
+            let mut c = s.connect_again().unwrap().unwrap();
+            std::thread::spawn(move || c.claim_orphans(id, &format!("remote-c{r}:1:1"), 1.0).unwrap())
+        })
+        .collect();
+    let mut claimed: Vec<(u64, String)> = handles.into_iter().flat_map(|h| h.join().unwrap()).map(|t| (t.number, t.owner)).collect();
+    claimed.sort();
+    assert_eq!(claimed.len(), orphans, "each orphan claimed once: {claimed:?}");
+    claimed.dedup_by_key(|(n, _)| *n);
+    assert_eq!(claimed.len(), orphans);
+    for (n, owner) in &claimed {
+        assert_eq!(&s.trial(id, *n).unwrap().owner, owner, "the stored owner is the claimer");
+    }
 }
 
 fn a_released_trial_is_rerun_without_counting_a_crash(s: &mut dyn Storage) {

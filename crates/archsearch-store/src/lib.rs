@@ -1,4 +1,5 @@
-//! Study storage: the [`Storage`] trait and its embedded SQLite backend.
+//! Study storage: the [`Storage`] trait, its embedded SQLite backend and its
+//! PostgreSQL backend.
 //!
 //! A study store records the study (its resolved config, seed, version and
 //! direction), every trial (state, architecture, value, metrics, intermediate
@@ -19,10 +20,14 @@
 //! process id reused or not) or whose heartbeat is stale loses its trials to
 //! whoever claims them.
 //!
-//! Storage is chosen by URL: a path or `sqlite://PATH` opens SQLite. Opening
-//! never writes to a file that is not an archsearch store.
+//! Storage is chosen by URL: a path or `sqlite://PATH` opens SQLite (one
+//! machine, any number of processes), `postgres://USER@HOST/DB` PostgreSQL
+//! (workers on many machines). Opening never writes to a file or database
+//! schema that is not an archsearch store. Backends' own error types stay
+//! behind [`StoreError::Backend`].
 
 pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -30,13 +35,17 @@ use std::collections::BTreeMap;
 use archsearch_core::{Direction, TrialState};
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("study store {path}: {source}")]
-    Sqlite { path: String, source: rusqlite::Error },
+    /// The backend failed (SQL error, lost connection, I/O): `store` names
+    /// the store (a path, or a URL without its password), `message` says why.
+    /// Backends' own error types stay behind this variant.
+    #[error("study store {store}: {message}")]
+    Backend { store: String, message: String },
     #[error("study `{0}` not found")]
     NoStudy(String),
     #[error("trial {0} not found")]
@@ -51,12 +60,29 @@ pub enum StoreError {
     Foreign { path: String, reason: String },
     #[error("trial {0} is not paused, so it cannot be {1}")]
     NotPaused(u64, &'static str),
-    #[error("unsupported storage URL `{0}` (use a path or sqlite://PATH)")]
+    #[error("unsupported storage URL `{0}` (use a path, sqlite://PATH or postgres://USER@HOST/DB)")]
     Url(String),
     #[error("{0}")]
     Corrupt(String),
     #[error(transparent)]
     Callback(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// A backend's error, for the store named `store`.
+    /// The message is the error and its causes, each said once.
+    pub fn backend(store: &str, error: impl std::error::Error) -> Self {
+        let mut message = error.to_string();
+        let mut cause = error.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            cause = c.source();
+        }
+        StoreError::Backend { store: store.to_string(), message }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -349,17 +375,38 @@ pub mod metrics {
     }
 }
 
-/// Opens a store by URL: a path, or `sqlite://PATH`. A missing or empty
-/// file becomes a new store; any other file that is not an archsearch store
-/// is an error and is left untouched.
+/// Opens a store by URL: a path or `sqlite://PATH` (a missing or empty file
+/// becomes a new store; any other file that is not an archsearch store is
+/// an error and is left untouched), or `postgres://…` / `postgresql://…`
+/// (a PostgreSQL database shared by workers on many machines).
 pub fn open(url: &str) -> Result<Box<dyn Storage>> {
+    if is_postgres(url) {
+        return Ok(Box::new(PostgresStorage::open(url)?));
+    }
     Ok(Box::new(SqliteStorage::open(sqlite_path(url)?)?))
 }
 
 /// Opens an existing store by URL for reading only: nothing is created,
 /// migrated or written (a store of an older schema is read as it is).
 pub fn open_read_only(url: &str) -> Result<Box<dyn Storage>> {
+    if is_postgres(url) {
+        return Ok(Box::new(PostgresStorage::open_read_only(url)?));
+    }
     Ok(Box::new(SqliteStorage::open_read_only(sqlite_path(url)?)?))
+}
+
+/// Whether a store URL names a PostgreSQL server.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A store URL as messages may show it (a password replaced by `***`).
+pub fn shown_url(url: &str) -> String {
+    if is_postgres(url) {
+        postgres::redact(url)
+    } else {
+        url.to_string()
+    }
 }
 
 fn sqlite_path(url: &str) -> Result<&str> {

@@ -202,7 +202,7 @@ fn inspect(path: &str) -> Result<FileKind> {
         return foreign("it is not a SQLite database".into());
     }
     let conn = open_ro_connection(path)?;
-    let err = |source| StoreError::Sqlite { path: path.to_string(), source };
+    let err = |source: rusqlite::Error| StoreError::backend(path, source);
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
@@ -228,7 +228,7 @@ fn inspect(path: &str) -> Result<FileKind> {
 /// A read-only connection; a WAL database whose shared-memory file cannot be
 /// made (a read-only folder) is read as immutable.
 fn open_ro_connection(path: &str) -> Result<Connection> {
-    let err = |source| StoreError::Sqlite { path: path.to_string(), source };
+    let err = |source: rusqlite::Error| StoreError::backend(path, source);
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
@@ -270,7 +270,7 @@ impl SqliteStorage {
     /// A file that is not an archsearch store is refused untouched.
     pub fn open(path: &str) -> Result<Self> {
         inspect(path)?;
-        let err = |source| StoreError::Sqlite { path: path.to_string(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(path, source);
         let conn = Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(60)).map_err(err)?;
         let s = SqliteStorage { conn, path: path.to_string(), read_only: false };
@@ -367,7 +367,7 @@ impl SqliteStorage {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+        StoreError::backend(&self.path, source)
     }
 
     fn refuse_writes(&self) -> Result<()> {
@@ -507,7 +507,7 @@ fn owned_state(tx: &Connection, trial: i64, owner: &str, path: &str) -> Result<S
     let row: Option<(String, String)> = tx
         .query_row("SELECT state, owner FROM trials WHERE id = ?1", [trial], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
-        .map_err(|source| StoreError::Sqlite { path: path.to_string(), source })?;
+        .map_err(|source: rusqlite::Error| StoreError::backend(path, source))?;
     // The owner first: a runner whose trial was taken over (and perhaps
     // finished by the new owner) learns that it lost it.
     match row {
@@ -522,7 +522,7 @@ impl Storage for SqliteStorage {
     fn open_study(&mut self, new: &NewStudy) -> Result<(StudyRecord, bool)> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let inserted = tx
             .execute(
@@ -554,7 +554,7 @@ impl Storage for SqliteStorage {
     fn ask(&mut self, study: i64, known_version: u64, owner: &str, f: &mut AskFn<'_>) -> Result<Option<Started>> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let (version, log) = state_since(&tx, study, known_version).map_err(err)?;
         let counts = tx
@@ -607,7 +607,7 @@ impl Storage for SqliteStorage {
     fn tell(&mut self, study: i64, trial: i64, owner: &str, known_version: u64, finish: &Finish, f: &mut TellFn<'_>) -> Result<u64> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         owned_state(&tx, trial, owner, &path)?;
         let (version, log) = state_since(&tx, study, known_version).map_err(err)?;
@@ -656,7 +656,7 @@ impl Storage for SqliteStorage {
     fn prune_paused(&mut self, study: i64) -> Result<u64> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         // Not while a trial still runs (another process on the study): its
         // tell may resume or prune them; the last runner to finish prunes.
@@ -675,7 +675,7 @@ impl Storage for SqliteStorage {
     fn report(&mut self, trial: i64, owner: &str, step: u64, value: f64) -> Result<()> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         owned_state(&tx, trial, owner, &path)?;
         tx.execute("INSERT OR REPLACE INTO trial_values (trial_id, step, value) VALUES (?1, ?2, ?3)", params![trial, step as i64, value])
@@ -749,7 +749,7 @@ impl Storage for SqliteStorage {
     fn record_step(&mut self, study: i64, step: u64, members: &[(u64, String)], state: &[u8]) -> Result<()> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         for (member, record) in members {
             tx.execute(
@@ -804,7 +804,7 @@ impl Storage for SqliteStorage {
     fn claim_orphans(&mut self, study: i64, owner: &str, stale_after: f64) -> Result<Vec<TrialRecord>> {
         self.refuse_writes()?;
         let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
+        let err = |source: rusqlite::Error| StoreError::backend(&path, source);
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let running: Vec<(TrialRecord, f64, bool)> = {
             let mut stmt = tx

@@ -70,14 +70,42 @@ pub struct Fingerprint {
 
 /// Where a trial keeps its checkpoints, and whose they are: the task makes
 /// the [`Fingerprint`] from these, the architecture and its own config.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct CheckpointSlot {
-    /// The trial's own folder (`STORE.ckpt/STUDY/trial-N/`), kept across crashes.
+    /// The trial's own local folder, kept across crashes: the store's
+    /// folder (`STORE.ckpt/STUDY/trial-N/`), or this worker's cache of a
+    /// shared artifact store.
     pub dir: std::path::PathBuf,
     /// The study's unique id.
     pub study: String,
     /// `trial-N`.
     pub owner: String,
+    /// The runner evaluating the trial (`host:pid@start:token`), written
+    /// into each checkpoint it makes.
+    pub runner: String,
+    /// Where the checkpoint is shared with workers on other machines, if
+    /// anywhere: pulled before training resumes, pushed after each write.
+    pub shared: Option<SharedSlot>,
+}
+
+/// A checkpoint's place in a shared artifact store.
+#[derive(Debug, Clone)]
+pub struct SharedSlot {
+    pub store: std::sync::Arc<dyn Artifacts>,
+    /// The object key of the newest checkpoint (`STUDY/trial-N/checkpoint.safetensors`).
+    pub key: String,
+}
+
+/// A store of files that every worker of a study reaches (a shared folder,
+/// S3-compatible object storage). Puts are atomic: a reader sees the old
+/// object or the new one, never a torn one.
+pub trait Artifacts: Send + Sync + std::fmt::Debug {
+    /// Uploads the local file `from` as `key`, replacing it.
+    fn put(&self, key: &str, from: &std::path::Path) -> Result<(), String>;
+    /// Downloads `key` into the local file `to`; `Ok(false)`: no such object.
+    fn get(&self, key: &str, to: &std::path::Path) -> Result<bool, String>;
+    /// The store's URL, for messages.
+    fn url(&self) -> &str;
 }
 
 /// What an evaluation knows about the trial it runs for.

@@ -13,12 +13,18 @@
 //! is readable and carries the expected fingerprint; any other file is moved
 //! into `stale/` beside it with a warning naming it, and never used. With no
 //! usable checkpoint, training starts from scratch.
+//!
+//! A checkpoint also names the runner that wrote it (`archsearch.writer`,
+//! not part of the fingerprint). When a study shares its checkpoints
+//! through an artifact store ([`SharedSlot`]), the local folder is a cache:
+//! [`pull`] takes the shared checkpoint before training resumes (it is the
+//! newest: every write is pushed), and [`push`] shares each new one.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use archsearch_tasks::Fingerprint;
+use archsearch_tasks::{Fingerprint, SharedSlot};
 use safetensors::tensor::{Dtype, View};
 use tch::{Kind, Tensor};
 
@@ -34,6 +40,8 @@ pub const STALE: &str = "stale";
 
 /// The metadata keys of a fingerprint.
 const KEYS: [&str; 4] = ["archsearch.study", "archsearch.owner", "archsearch.arch", "archsearch.config"];
+/// The metadata key of the runner that wrote a checkpoint.
+const WRITER: &str = "archsearch.writer";
 
 fn to_metadata(fp: &Fingerprint) -> HashMap<String, String> {
     let values = [&fp.study, &fp.owner, &fp.arch, &fp.config];
@@ -92,19 +100,77 @@ impl View for &CpuView {
 }
 
 /// Writes `tensors` as the checkpoint of `dir`, owned by `fp` (atomically,
-/// keeping the previous checkpoint as the fallback).
+/// keeping the previous checkpoint as the fallback), written by this process.
 pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -> Result<(), TrainError> {
+    write_by(dir, tensors, fp, &format!("pid {}", std::process::id()))
+}
+
+/// [`write`], naming `writer` as the runner that wrote it.
+pub fn write_by(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint, writer: &str) -> Result<(), TrainError> {
     let err = |p: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
     // A name of this writer's own: two runners that both think they own a
     // trial never write into one temporary file.
-    let tmp = dir.join(format!("{TEMPORARY}.{}.{:x}", std::process::id(), rand::random::<u64>()));
-    write_file(&tmp, tensors, to_metadata(fp))?;
+    let tmp = temporary(dir);
+    let mut metadata = to_metadata(fp);
+    metadata.insert(WRITER.into(), writer.into());
+    write_file(&tmp, tensors, metadata)?;
+    install(dir, &tmp).map_err(|e| err(dir, &e))
+}
+
+/// A temporary file name in `dir` that no other writer uses.
+fn temporary(dir: &Path) -> PathBuf {
+    dir.join(format!("{TEMPORARY}.{}.{:x}", std::process::id(), rand::random::<u64>()))
+}
+
+/// Makes the finished file `tmp` the current checkpoint of `dir`; the
+/// current one becomes the previous one.
+fn install(dir: &Path, tmp: &Path) -> std::io::Result<()> {
     let (current, previous) = (dir.join(FILE), dir.join(PREVIOUS));
     if current.exists() {
-        std::fs::rename(&current, &previous).map_err(|e| err(&current, &e))?;
+        std::fs::rename(&current, previous)?;
     }
-    std::fs::rename(&tmp, &current).map_err(|e| err(&tmp, &e))
+    std::fs::rename(tmp, current)
+}
+
+/// Takes the shared checkpoint of a slot into `dir` (as its current one,
+/// the local one becoming the previous), unless `dir` already holds that
+/// very file. A shared store that cannot be read is a warning: training
+/// then resumes from the local checkpoint, or from scratch.
+pub fn pull(dir: &Path, shared: &SharedSlot) {
+    let fetched = std::fs::create_dir_all(dir).map_err(|e| e.to_string()).and_then(|()| {
+        let tmp = temporary(dir);
+        match shared.store.get(&shared.key, &tmp) {
+            Ok(true) => Ok(Some(tmp)),
+            Ok(false) => Ok(None),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    });
+    match fetched {
+        Ok(Some(tmp)) => {
+            let same =
+                std::fs::read(dir.join(FILE)).ok().is_some_and(|local| std::fs::read(&tmp).ok().is_some_and(|remote| remote == local));
+            let done = if same { std::fs::remove_file(&tmp) } else { install(dir, &tmp) };
+            if let Err(e) = done {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not install the shared checkpoint");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(store = shared.store.url(), key = %shared.key, error = %e, "could not read the shared checkpoint"),
+    }
+}
+
+/// Shares the current checkpoint of `dir`. A failure is a warning: the
+/// trial goes on, and a worker resuming it elsewhere starts from an older
+/// checkpoint (or from scratch), with the same result, since a run's
+/// randomness is a function of (seed, epoch).
+pub fn push(dir: &Path, shared: &SharedSlot) {
+    if let Err(e) = shared.store.put(&shared.key, &dir.join(FILE)) {
+        tracing::warn!(store = shared.store.url(), key = %shared.key, error = %e, "could not share the checkpoint");
+    }
 }
 
 /// Writes `tensors` (any device) to the safetensors file `path` with `metadata` in its header.
@@ -117,6 +183,11 @@ pub fn write_file(path: &Path, tensors: &BTreeMap<String, Tensor>, metadata: Has
 
 /// The fingerprint in a checkpoint's header (read without the tensors).
 pub fn fingerprint(path: &Path) -> Result<Option<Fingerprint>, String> {
+    Ok(from_metadata(&metadata(path)?))
+}
+
+/// The metadata in a safetensors file's header (read without the tensors).
+fn metadata(path: &Path) -> Result<HashMap<String, String>, String> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut len = [0u8; 8];
@@ -128,11 +199,10 @@ pub fn fingerprint(path: &Path) -> Result<Option<Fingerprint>, String> {
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).map_err(|_| "truncated header".to_string())?;
     let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| format!("unreadable header: {e}"))?;
-    let meta: HashMap<String, String> = match header.get("__metadata__") {
-        Some(m) => serde_json::from_value(m.clone()).map_err(|e| format!("unreadable metadata: {e}"))?,
-        None => HashMap::new(),
-    };
-    Ok(from_metadata(&meta))
+    match header.get("__metadata__") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| format!("unreadable metadata: {e}")),
+        None => Ok(HashMap::new()),
+    }
 }
 
 /// Reads every tensor of a checkpoint file (checking that it is whole).
@@ -171,12 +241,20 @@ pub type Accept<'a, T> = dyn FnMut(&BTreeMap<String, Tensor>) -> Result<T, Train
 /// fingerprint, truncated, unreadable, not fitting) is moved aside with a
 /// warning. `None`: no usable checkpoint, start from scratch.
 pub fn load<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<T> {
+    load_with_writer(dir, fp, accept).map(|(v, _)| v)
+}
+
+/// [`load`], also returning the runner that wrote the checkpoint taken
+/// (`None` for a checkpoint that does not say).
+pub fn load_with_writer<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<(T, Option<String>)> {
     for name in [FILE, PREVIOUS] {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
-        match fingerprint(&path) {
+        let meta = metadata(&path);
+        let writer = meta.as_ref().ok().and_then(|m| m.get(WRITER).cloned());
+        match meta.map(|m| from_metadata(&m)) {
             Err(e) => {
                 set_aside(&path, &format!("unreadable checkpoint ({e})"));
                 continue;
@@ -202,7 +280,7 @@ pub fn load<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Opti
         }
         let accepted = read_file(&path).and_then(|t| accept(&t));
         match accepted {
-            Ok(v) => return Some(v),
+            Ok(v) => return Some((v, writer)),
             Err(e) => set_aside(&path, &format!("unusable checkpoint ({e})")),
         }
     }

@@ -343,7 +343,8 @@ impl TrainTask {
         if let Some(lr) = lr {
             spec.optim.lr = lr;
         }
-        trainer::train(&model, &self.data, &spec, seed, Some((dir, fp)), &mut |_, _| true)
+        let place = trainer::Place { dir, fp, runner: &format!("pid {}", std::process::id()), shared: None };
+        trainer::train(&model, &self.data, &spec, seed, Some(place), &mut |_, _| true)
     }
 
     /// A freshly initialised network of `arch` as named CPU tensors, and the
@@ -420,13 +421,13 @@ impl Task for TrainTask {
             spec.schedule_epochs = Some(self.fidelity.epochs);
         }
         let reporter = &mut *ctx.reporter;
-        let slot = ctx.checkpoint.as_ref().map(|c| (c.dir.clone(), self.fingerprint(&c.study, c.owner.clone(), arch)));
-        let result =
-            trainer::train(&model, &self.data, &spec, ctx.seed, slot.as_ref().map(|(d, f)| (d.as_path(), f)), &mut |epoch, acc| {
-                reporter.report(epoch as u64, acc);
-                !reporter.cancelled()
-            })
-            .map_err(fail)?;
+        let slot = ctx.checkpoint.as_ref().map(|c| (c, self.fingerprint(&c.study, c.owner.clone(), arch)));
+        let place = slot.as_ref().map(|(c, fp)| trainer::Place { dir: &c.dir, fp, runner: &c.runner, shared: c.shared.as_ref() });
+        let result = trainer::train(&model, &self.data, &spec, ctx.seed, place, &mut |epoch, acc| {
+            reporter.report(epoch as u64, acc);
+            !reporter.cancelled()
+        })
+        .map_err(fail)?;
         let params: i64 = model.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
         let mut metrics = BTreeMap::from([
             ("valid_accuracy".to_string(), result.valid_accuracy),
@@ -437,6 +438,11 @@ impl Task for TrainTask {
             ("params".to_string(), params as f64),
             ("resumed_from_epoch".to_string(), result.resumed_from as f64),
         ]);
+        // Whether the checkpoint it resumed from was written by another
+        // runner (another worker, on this machine or another one).
+        if let (Some(writer), Some(c)) = (&result.resumed_writer, &ctx.checkpoint) {
+            metrics.insert("resumed_from_other_runner".into(), f64::from(u8::from(writer != &c.runner)));
+        }
         if let Some(t) = result.test_accuracy {
             metrics.insert("test_accuracy".into(), t);
         }

@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::{Kind, Tensor};
 
-use archsearch_tasks::Fingerprint;
+use archsearch_tasks::{Fingerprint, SharedSlot};
 
 use crate::checkpoint;
 use crate::data::{augment, Data, Split};
@@ -52,6 +52,8 @@ pub struct RunResult {
     pub seconds: f64,
     /// The epoch the run resumed from (0: from scratch).
     pub resumed_from: usize,
+    /// The runner that wrote the checkpoint it resumed from, if it says.
+    pub resumed_writer: Option<String>,
 }
 
 /// Accuracy (percent) and mean loss of `model` on a split.
@@ -74,12 +76,26 @@ pub fn evaluate(model: &Model, split: &Split, batch: i64) -> (f64, f64) {
     })
 }
 
-fn save_checkpoint(dir: &Path, fp: &Fingerprint, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
+/// Where a run checkpoints: its local folder, its owner's fingerprint, the
+/// runner writing (named in each checkpoint) and the shared store, if any.
+#[derive(Clone, Copy)]
+pub struct Place<'a> {
+    pub dir: &'a Path,
+    pub fp: &'a Fingerprint,
+    pub runner: &'a str,
+    pub shared: Option<&'a SharedSlot>,
+}
+
+fn save_checkpoint(place: Place<'_>, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
     let mut named: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
     named.extend(opt.named_state());
     named.insert("meta.epoch".into(), Tensor::from(next_epoch as i64));
     named.insert("meta.step".into(), Tensor::from(opt.step));
-    checkpoint::write(dir, &named, fp)
+    checkpoint::write_by(place.dir, &named, place.fp, place.runner)?;
+    if let Some(shared) = place.shared {
+        checkpoint::push(place.dir, shared);
+    }
+    Ok(())
 }
 
 /// Loads checkpoint tensors into `model` and `opt`; returns the epoch to
@@ -108,10 +124,10 @@ fn load_checkpoint(tensors: &BTreeMap<String, Tensor>, model: &Model, opt: &mut 
     Ok(epoch as usize)
 }
 
-/// Trains `model` on `data`. With a checkpoint folder and the fingerprint
-/// of its owner, resumes from the newest checkpoint there that carries that
-/// fingerprint (see [`checkpoint::load`]) and writes a new one after every
-/// epoch.
+/// Trains `model` on `data`. With a checkpoint place, resumes from the
+/// newest checkpoint there that carries its owner's fingerprint (see
+/// [`checkpoint::load`]; a shared checkpoint is pulled first) and writes a
+/// new one after every epoch (and shares it).
 /// `on_epoch(epoch, valid_accuracy)` is called after each epoch (1-based);
 /// when it returns false, training stops there ([`TrainError::Cancelled`])
 /// without writing that epoch's checkpoint.
@@ -120,7 +136,7 @@ pub fn train(
     data: &Data,
     spec: &RunSpec,
     seed: u64,
-    checkpoint_slot: Option<(&Path, &Fingerprint)>,
+    place: Option<Place<'_>>,
     on_epoch: &mut dyn FnMut(usize, f64) -> bool,
 ) -> Result<RunResult, TrainError> {
     let start = Instant::now();
@@ -131,10 +147,15 @@ pub fn train(
     };
     let mut opt = Optimizer::new(spec.optim.clone(), params);
     let mut first_epoch = 0;
-    if let Some((dir, fp)) = checkpoint_slot {
-        if let Some(epoch) = checkpoint::load(dir, fp, &mut |t| load_checkpoint(t, model, &mut opt)) {
+    let mut resumed_writer = None;
+    if let Some(p) = place {
+        if let Some(shared) = p.shared {
+            checkpoint::pull(p.dir, shared);
+        }
+        if let Some((epoch, writer)) = checkpoint::load_with_writer(p.dir, p.fp, &mut |t| load_checkpoint(t, model, &mut opt)) {
             first_epoch = epoch;
-            tracing::info!(checkpoint = %dir.display(), epoch, "resuming from checkpoint");
+            tracing::info!(checkpoint = %p.dir.display(), epoch, writer = writer.as_deref().unwrap_or("?"), "resuming from checkpoint");
+            resumed_writer = writer;
         }
     }
     let n = data.train.len();
@@ -176,8 +197,8 @@ pub fn train(
         if !on_epoch(epoch + 1, valid_acc) {
             return Err(TrainError::Cancelled { epoch: epoch + 1 });
         }
-        if let Some((dir, fp)) = checkpoint_slot {
-            save_checkpoint(dir, fp, model, &opt, epoch + 1)?;
+        if let Some(p) = place {
+            save_checkpoint(p, model, &opt, epoch + 1)?;
         }
     }
     let test_accuracy = spec.evaluate_test.then(|| evaluate(model, &data.test, 1024).0);
@@ -190,6 +211,7 @@ pub fn train(
         steps: opt.step,
         seconds: start.elapsed().as_secs_f64(),
         resumed_from: first_epoch,
+        resumed_writer,
     })
 }
 

@@ -57,6 +57,12 @@ pub struct StudySection {
     /// beat from their own thread every fifth of this, however long an
     /// epoch takes.
     pub stale_after: f64,
+    /// Where trials' checkpoints are shared with every worker of the study:
+    /// `file:///shared/folder` or `s3://bucket/prefix` (see the README).
+    /// Default: none; a SQLite study keeps them in `STORE.ckpt/` beside the
+    /// store, a PostgreSQL study in `archsearch-cache/` of each worker's
+    /// working folder (so only that worker resumes them).
+    pub artifacts: Option<String>,
 }
 
 impl Default for StudySection {
@@ -70,6 +76,7 @@ impl Default for StudySection {
             workers: None,
             crash_limit: 3,
             stale_after: 60.0,
+            artifacts: None,
         }
     }
 }
@@ -475,12 +482,13 @@ impl Config {
 /// Fields a study may change between runs: its budget (raising it extends
 /// the study) and how it executes (runners, crash limit, staleness, device,
 /// threads, where its data lies). Everything else defines the study.
-const MAY_DIFFER: [&str; 9] = [
+const MAY_DIFFER: [&str; 10] = [
     "study.trials",
     "study.cost",
     "study.workers",
     "study.crash_limit",
     "study.stale_after",
+    "study.artifacts",
     "task.device",
     "task.threads",
     "task.data_dir",
@@ -499,7 +507,7 @@ pub fn reconcile(stored: &Config, file: &Config) -> Result<Config> {
     if !defining.is_empty() {
         let lines: Vec<String> = defining.iter().map(|(k, s, f)| format!("  {k}: stored {s}, file {f}")).collect();
         bail!(
-            "it was created with another config, and these fields differ:\n{}\nonly the budget (`trials`, `cost`) and `workers`/`device` may change; \
+            "it was created with another config, and these fields differ:\n{}\nonly the budget (`trials`, `cost`) and how it runs (`workers`, `device`, `artifacts`, ...) may change; \
              give the new config another `[study] name` or another store (`--study`)",
             lines.join("\n")
         );
@@ -510,6 +518,7 @@ pub fn reconcile(stored: &Config, file: &Config) -> Result<Config> {
     out.study.workers = file.study.workers;
     out.study.crash_limit = file.study.crash_limit;
     out.study.stale_after = file.study.stale_after;
+    out.study.artifacts = file.study.artifacts.clone();
     if let (TaskConfig::Train(o), TaskConfig::Train(f)) = (&mut out.task, &file.task) {
         o.device = f.device;
         o.threads = f.threads;

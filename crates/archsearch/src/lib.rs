@@ -32,6 +32,7 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
     p.downcast_ref::<String>().map(|s| s.as_str()).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("(no message)")
 }
 
+pub mod artifacts;
 pub mod bench;
 pub mod config;
 pub mod export;

@@ -23,24 +23,52 @@ struct Cli {
     command: Command,
 }
 
+/// How `run` and `worker` execute a study.
+#[derive(clap::Args)]
+struct HowToRun {
+    /// Where checkpoints are shared (overrides `[study] artifacts`):
+    /// file:///shared/folder or s3://bucket/prefix.
+    #[arg(long)]
+    artifacts: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Where training tasks train (overrides the config).
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Trials at once in this process (overrides `[study] workers`).
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run (or resume) the study a config describes.
+    /// Run (or resume) the study a config describes, then retrain its best
+    /// architectures at the target fidelity (if the task has one).
     Run {
         /// The study config (TOML).
         config: PathBuf,
-        /// The study store: a path or sqlite://PATH (default: NAME.db).
+        /// The study store: a path, sqlite://PATH or postgres://USER@HOST/DB
+        /// (default: NAME.db).
         #[arg(long)]
         study: Option<String>,
-        /// No progress bar.
+        #[command(flatten)]
+        how: HowToRun,
+    },
+    /// Join a study as one of many workers (on this machine or others):
+    /// take trials until the study's budget is spent, sharing it with every
+    /// other worker of the same store. Start the same command any number of
+    /// times, anywhere that reaches the store (and the artifact store). The
+    /// retraining at the target fidelity is left to `run`.
+    Worker {
+        /// The study config (TOML); every worker uses the same one.
+        config: PathBuf,
+        /// The shared study store: postgres://USER@HOST/DB (or a SQLite path
+        /// for workers on one machine).
         #[arg(long)]
-        quiet: bool,
-        /// Where training tasks train (overrides the config).
-        #[arg(long, value_enum)]
-        device: Option<DeviceArg>,
-        /// Trials at once (overrides `[study] workers`).
-        #[arg(long)]
-        workers: Option<usize>,
+        study: String,
+        #[command(flatten)]
+        how: HowToRun,
     },
     /// List a study's trials and its best one.
     Show {
@@ -321,7 +349,8 @@ fn main() {
 
 fn real_main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { config, study, quiet, device, workers } => run(config, study, quiet, device.map(DeviceArg::choice), workers),
+        Command::Run { config, study, how } => run(config, study, how),
+        Command::Worker { config, study, how } => worker(config, &study, how),
         Command::Show { study, name, json } => show(&study, name.as_deref(), json),
         Command::Bench(args) => bench(*args),
         Command::Report { study, name, out, tables } => report(&study, name.as_deref(), &out, tables),
@@ -346,13 +375,35 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
-fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Option<DeviceChoice>, workers: Option<usize>) -> Result<()> {
+/// Loads a config and applies `--artifacts`.
+fn load_config(path: &std::path::Path, artifacts: Option<String>) -> Result<Config> {
+    let mut config = Config::load(path)?;
+    if artifacts.is_some() {
+        config.study.artifacts = artifacts;
+    }
+    Ok(config)
+}
+
+fn worker(config_path: PathBuf, url: &str, how: HowToRun) -> Result<()> {
     archsearch_rl::init_thread(1);
-    let config = Config::load(&config_path)?;
+    let config = load_config(&config_path, how.artifacts)?;
+    let (quiet, device, workers) = (how.quiet, how.device.map(DeviceArg::choice), how.workers);
+    if let StrategyConfig::Pbt(_) = &config.strategy {
+        bail!("`worker` runs ask/tell studies; a PBT population is trained by one process (`archsearch run`)");
+    }
+    run_one(&config, url, quiet, device, workers)?;
+    outln!("store: {}", archsearch_store::shown_url(url))?;
+    Ok(())
+}
+
+fn run(config_path: PathBuf, store_url: Option<String>, how: HowToRun) -> Result<()> {
+    archsearch_rl::init_thread(1);
+    let config = load_config(&config_path, how.artifacts)?;
+    let (quiet, device, workers) = (how.quiet, how.device.map(DeviceArg::choice), how.workers);
     let url = store_url.unwrap_or_else(|| format!("{}.db", config.name()));
     if let StrategyConfig::Pbt(p) = &config.strategy {
         archsearch::pbt::run_study(&config, p, &url, device, workers, quiet)?;
-        outln!("store: {url}")?;
+        outln!("store: {}", archsearch_store::shown_url(&url))?;
         return Ok(());
     }
     let search = run_one(&config, &url, quiet, device, workers)?;
@@ -380,7 +431,7 @@ fn run(config_path: PathBuf, store_url: Option<String>, quiet: bool, device: Opt
         outln!("\nretraining the best {} at the target fidelity (study `{}`)", target.study.trials.unwrap_or(0), target.name())?;
         run_one(&target, &url, quiet, device, workers)?;
     }
-    outln!("store: {url}")?;
+    outln!("store: {}", archsearch_store::shown_url(&url))?;
     Ok(())
 }
 
@@ -396,11 +447,23 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
     }
     let store = archsearch_store::open(url)?;
     OPEN_STORES.lock().unwrap_or_else(|e| e.into_inner()).push(url.to_string());
-    let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {url}", config.name()))?;
+    let shown = archsearch_store::shown_url(url);
+    let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {shown}", config.name()))?;
     let mut study = match checkpoint_root(url) {
         Some(root) => study.with_checkpoints(root),
         None => study,
     };
+    match &study.config().study.artifacts {
+        Some(a) => {
+            let store = archsearch::artifacts::open(a).context("[study] artifacts")?;
+            study = study.with_artifacts(store);
+        }
+        None if archsearch_store::is_postgres(url) => tracing::info!(
+            "checkpoints stay in this worker's archsearch-cache/: set `[study] artifacts` (or --artifacts) to let workers on \
+             other machines resume them"
+        ),
+        None => {}
+    }
     let done = study.record().counts.finished;
     let total = study.budget().trials.unwrap_or(0);
     // A cost budget has no known number of trials: count them on a spinner.

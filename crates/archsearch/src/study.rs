@@ -25,7 +25,7 @@ use archsearch_core::{Architecture, Direction, Job, Outcome, Space, Strategy, Tr
 use archsearch_store::{
     Finish, Launch, NewStudy, NewTrial, StateLog, StateSince, StateWrite, Storage, StoreError, StudyRecord, TrialRecord,
 };
-use archsearch_tasks::{CheckpointSlot, Reporter, Task, TrialContext};
+use archsearch_tasks::{Artifacts, CheckpointSlot, Reporter, SharedSlot, Task, TrialContext};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -222,6 +222,8 @@ pub struct Study {
     version: u64,
     /// Where trials keep their checkpoints (`trial-N/` inside).
     checkpoint_root: Option<std::path::PathBuf>,
+    /// Where checkpoints are shared with other workers, if anywhere.
+    artifacts: Option<Arc<dyn Artifacts>>,
 }
 
 /// What happened to one trial, for progress displays.
@@ -320,6 +322,7 @@ impl Study {
             owner: archsearch_store::owner_id(rand::random()),
             version,
             checkpoint_root: None,
+            artifacts: None,
         })
     }
 
@@ -340,6 +343,7 @@ impl Study {
             owner: archsearch_store::owner_id(rand::random()),
             version,
             checkpoint_root: self.checkpoint_root.clone(),
+            artifacts: self.artifacts.clone(),
         })
     }
 
@@ -382,6 +386,16 @@ impl Study {
     /// killed mid-training resumes from its last checkpoint.
     pub fn with_checkpoints(mut self, root: std::path::PathBuf) -> Self {
         self.checkpoint_root = Some(root.join(&self.record.name));
+        self
+    }
+
+    /// Shares trials' checkpoints through `store` (under `STUDY/trial-N/`):
+    /// each checkpoint written is pushed there, and a trial resumed (a
+    /// promotion, or a takeover after a crash) first pulls it, so a worker
+    /// on any machine continues from what another one wrote. Needs a local
+    /// checkpoint folder ([`Study::with_checkpoints`]) as the cache.
+    pub fn with_artifacts(mut self, store: Arc<dyn Artifacts>) -> Self {
+        self.artifacts = Some(store);
         self
     }
 
@@ -588,6 +602,11 @@ impl Study {
             dir: root.join(format!("trial-{number}")),
             study: self.record.uid.clone(),
             owner: format!("trial-{number}"),
+            runner: self.owner.clone(),
+            shared: self.artifacts.as_ref().map(|store| SharedSlot {
+                store: store.clone(),
+                key: format!("{}/trial-{number}/{}", self.record.name, archsearch_train::checkpoint::FILE),
+            }),
         });
         let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None, lost: &beat.lost };
         let mut ctx = TrialContext { number, seed: trial_seed(self.record.seed, number), checkpoint, reporter: &mut reporter, budget };
@@ -685,9 +704,15 @@ pub fn trial_seed(seed: u64, number: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Where a study store at `url` keeps its trials' checkpoints
-/// (`PATH.ckpt/STUDY/trial-N/`); none for an in-memory or server store.
+/// Where a study store at `url` keeps its trials' checkpoints on this
+/// machine (`ROOT/STUDY/trial-N/`): `PATH.ckpt` beside a SQLite store; for
+/// a PostgreSQL store, `archsearch-cache/` in the working folder (each
+/// worker's own; `[study] artifacts` shares them); none for an in-memory
+/// store.
 pub fn checkpoint_root(url: &str) -> Option<std::path::PathBuf> {
+    if archsearch_store::is_postgres(url) {
+        return Some(std::path::PathBuf::from("archsearch-cache"));
+    }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     (!path.contains("://") && path != ":memory:").then(|| std::path::PathBuf::from(format!("{path}.ckpt")))
 }
