@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite (setting the machine up first if needed,
 # installing Chromium for the browser tests), against a throwaway PostgreSQL
-# server that scripts/with-postgres.sh starts (installing the Debian package
-# if needed), so the PostgreSQL tests always run.
+# server (scripts/with-postgres.sh, the Debian package) and a throwaway
+# S3-compatible server (scripts/with-s3.sh, SeaweedFS from PyPI), so the
+# PostgreSQL and S3 tests always run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
@@ -13,4 +14,4 @@ if ! command -v chromium >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 source scripts/env.sh
-scripts/with-postgres.sh cargo test --release --locked -j "${CARGO_BUILD_JOBS}" --workspace "$@"
+scripts/with-postgres.sh scripts/with-s3.sh cargo test --release --locked -j "${CARGO_BUILD_JOBS}" --workspace "$@"

@@ -102,25 +102,40 @@ impl Artifacts for ObjectArtifacts {
 mod tests {
     use super::*;
 
-    /// A shared folder: what one worker puts, another (its own store on the
-    /// same URL) gets; a missing key is `false`; a put replaces.
-    #[test]
-    fn a_file_store_shares_objects_between_workers() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().join("shared").display());
-        let (a, b) = (open(&url).unwrap(), open(&url).unwrap());
+    /// What one worker puts, another (its own store on the same URL) gets;
+    /// a missing key is `false`; a put replaces.
+    fn shares_objects_between_workers(url: &str) {
+        let (a, b) = (open(url).unwrap(), open(url).unwrap());
         let local = tempfile::tempdir().unwrap();
         let (src, dst) = (local.path().join("src"), local.path().join("dst"));
+        let key = "study/trial-0/checkpoint.safetensors";
         std::fs::write(&src, b"epoch 1").unwrap();
-        assert!(!b.get("study/trial-0/checkpoint.safetensors", &dst).unwrap());
-        a.put("study/trial-0/checkpoint.safetensors", &src).unwrap();
-        assert!(b.get("study/trial-0/checkpoint.safetensors", &dst).unwrap());
+        assert!(!b.get(key, &dst).unwrap(), "no object yet");
+        a.put(key, &src).unwrap();
+        assert!(b.get(key, &dst).unwrap());
         assert_eq!(std::fs::read(&dst).unwrap(), b"epoch 1");
-        std::fs::write(&src, b"epoch 2").unwrap();
-        a.put("study/trial-0/checkpoint.safetensors", &src).unwrap();
-        b.get("study/trial-0/checkpoint.safetensors", &dst).unwrap();
-        assert_eq!(std::fs::read(&dst).unwrap(), b"epoch 2");
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &big).unwrap();
+        a.put(key, &src).unwrap();
+        b.get(key, &dst).unwrap();
+        assert_eq!(std::fs::read(&dst).unwrap(), big, "replaced, byte for byte");
+    }
+
+    #[test]
+    fn a_shared_folder_shares_objects_between_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        shares_objects_between_workers(&format!("file://{}", dir.path().join("shared").display()));
         assert!(dir.path().join("shared/study/trial-0/checkpoint.safetensors").exists());
+    }
+
+    /// On a real S3-compatible server (SeaweedFS, which
+    /// `scripts/with-s3.sh` starts and `scripts/test.sh` uses).
+    #[test]
+    fn s3_shares_objects_between_workers() {
+        let bucket = std::env::var("ARCHSEARCH_S3_URL").expect(
+            "ARCHSEARCH_S3_URL is not set: this test needs an S3-compatible server; run it through scripts/test.sh or scripts/with-s3.sh",
+        );
+        shares_objects_between_workers(&format!("{bucket}/unit-{:x}", rand::random::<u64>()));
     }
 
     #[test]

@@ -147,22 +147,40 @@ proxy = {{ epochs = {epochs}, fraction = 0.04 }}
 /// first checkpoint is shared; worker B, in another folder with an empty
 /// checkpoint cache, takes the orphan over and resumes it from A's shared
 /// checkpoint (its metrics say from which epoch, and that another runner
-/// wrote it), ending exactly where a straight run of it ends.
+/// wrote it), ending exactly where a straight run of it ends. Through a
+/// shared folder, and through S3 (a real S3-compatible server).
 #[test]
-fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared() {
-    let url = fresh_store();
+fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared_in_a_folder() {
     let d = tempfile::tempdir().unwrap();
     let shared = d.path().join("shared");
     let artifacts = format!("file://{}", shared.display());
-    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let shared_ckpt = shared.join("handover/trial-0/checkpoint.safetensors");
+    handover(d.path(), &artifacts, &|| shared_ckpt.exists());
+}
+
+#[test]
+fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared_on_s3() {
+    let bucket = std::env::var("ARCHSEARCH_S3_URL").expect(
+        "ARCHSEARCH_S3_URL is not set: this test needs an S3-compatible server; run it through scripts/test.sh or scripts/with-s3.sh",
+    );
+    let d = tempfile::tempdir().unwrap();
+    let artifacts = format!("{bucket}/handover-{:x}", rand::random::<u64>());
+    let store = archsearch::artifacts::open(&artifacts).unwrap();
+    let probe = d.path().join("probe");
+    handover(d.path(), &artifacts, &|| store.get("handover/trial-0/checkpoint.safetensors", &probe).unwrap());
+}
+
+fn handover(dir: &Path, artifacts: &str, shared_yet: &dyn Fn() -> bool) {
+    let url = fresh_store();
+    let d = dir;
+    let (a, b) = (d.join("a"), d.join("b"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
     let fixed = "kind = \"fixed\"\narchitectures = [\"conv3x3,sep3x3,conv3x3\"]";
-    let config = train_config(d.path(), "handover", fixed, 4, &format!("trials = 1\nartifacts = \"{artifacts}\""));
-    let shared_ckpt = shared.join("handover/trial-0/checkpoint.safetensors");
+    let config = train_config(d, "handover", fixed, 4, &format!("trials = 1\nartifacts = \"{artifacts}\""));
     let mut worker_a = spawn_worker(&config, &url, &a, &[]);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !shared_ckpt.exists() {
+    while !shared_yet() {
         assert!(Instant::now() < deadline, "worker A shared no checkpoint in 300 s");
         assert!(worker_a.try_wait().unwrap().is_none(), "worker A ended before it was killed");
         std::thread::sleep(Duration::from_millis(20));
@@ -177,8 +195,8 @@ fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared() {
     assert!(t.metrics["resumed_from_epoch"] >= 1.0, "{:?}", t.metrics);
     assert_eq!(t.metrics["resumed_from_other_runner"], 1.0, "{:?}", t.metrics);
     // The same trial trained straight through, on SQLite, ends the same.
-    let straight = train_config(d.path(), "handover", fixed, 4, "trials = 1");
-    let db = d.path().join("straight.db");
+    let straight = train_config(d, "handover", fixed, 4, "trials = 1");
+    let db = d.join("straight.db");
     run_ok(&["worker", straight.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let s = archsearch_store::open_read_only(db.to_str().unwrap()).unwrap();
     let u = s.trial(s.study("handover").unwrap().id, 0).unwrap();
