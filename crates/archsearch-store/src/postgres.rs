@@ -16,12 +16,13 @@
 //! (`clock_timestamp()`), so workers whose clocks disagree still agree on
 //! which heartbeat is stale.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use archsearch_core::{Direction, TrialState};
 use std::cell::RefCell;
 
-use postgres::{Client, GenericClient, NoTls, Row, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use crate::{
     owner_alive, AskFn, Counts, Finish, Launch, MemberRecord, NewStudy, Result, Started, StateLog, StateSince, StateWrite, Storage,
@@ -133,6 +134,56 @@ CREATE TRIGGER finished_trials_take_no_values BEFORE INSERT OR UPDATE ON archsea
 /// The server's clock in Unix seconds, as SQL.
 const NOW: &str = "extract(epoch from clock_timestamp())::double precision";
 
+/// Prepared statements of one connection, by SQL text.
+type Statements = RefCell<HashMap<String, Statement>>;
+
+/// A transaction whose statements are prepared once per connection.
+struct Tx<'a> {
+    tx: Transaction<'a>,
+    statements: &'a Statements,
+}
+
+type Params<'p> = [&'p (dyn ToSql + Sync)];
+
+impl<'a> Tx<'a> {
+    fn begin(client: &'a mut Client, statements: &'a Statements) -> std::result::Result<Self, postgres::Error> {
+        Ok(Tx { tx: client.transaction()?, statements })
+    }
+
+    fn statement(&mut self, sql: &str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.borrow_mut().insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn execute(&mut self, sql: &str, params: &Params<'_>) -> std::result::Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.execute(&s, params)
+    }
+
+    fn query(&mut self, sql: &str, params: &Params<'_>) -> std::result::Result<Vec<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query(&s, params)
+    }
+
+    fn query_one(&mut self, sql: &str, params: &Params<'_>) -> std::result::Result<Row, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_one(&s, params)
+    }
+
+    fn query_opt(&mut self, sql: &str, params: &Params<'_>) -> std::result::Result<Option<Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_opt(&s, params)
+    }
+
+    fn commit(self) -> std::result::Result<(), postgres::Error> {
+        self.tx.commit()
+    }
+}
+
 const TRIAL_COLUMNS: &str =
     "id, number, state, arch, arch_json, seed, value, metrics, cost, error, started_at, finished_at, owner, attempts, step, heartbeat, crashes";
 
@@ -142,6 +193,9 @@ const STUDY_COLUMNS: &str = "id, uid, name, config, seed, direction, version, cr
 pub struct PostgresStorage {
     /// In a cell: the trait's reads take `&self`, a connection needs `&mut`.
     client: RefCell<Client>,
+    /// This connection's prepared statements, by SQL text: each statement
+    /// is parsed once per connection, not once per call.
+    statements: Statements,
     /// The URL it was opened with (for new connections).
     url: String,
     /// The URL without its password (for messages).
@@ -244,7 +298,7 @@ impl PostgresStorage {
     fn connect(url: &str, read_only: bool) -> Result<Self> {
         let shown = redact(url);
         let client = Client::connect(url, NoTls).map_err(|e| StoreError::backend(&shown, e))?;
-        Ok(PostgresStorage { client: RefCell::new(client), url: url.to_string(), shown, read_only })
+        Ok(PostgresStorage { client: RefCell::new(client), statements: Statements::default(), url: url.to_string(), shown, read_only })
     }
 
     fn err(&self, e: postgres::Error) -> StoreError {
@@ -322,7 +376,7 @@ fn schema_tag(c: &mut impl GenericClient, shown: &str) -> Result<Option<String>>
 }
 
 /// The state version and what changed in it since `known`.
-fn state_since(tx: &mut Transaction<'_>, study: i64, known: u64) -> std::result::Result<(u64, StateLog), postgres::Error> {
+fn state_since(tx: &mut Tx<'_>, study: i64, known: u64) -> std::result::Result<(u64, StateLog), postgres::Error> {
     let r =
         tx.query_one("SELECT state_version, snapshot_version, log_bytes, snapshot_bytes FROM archsearch.studies WHERE id = $1", &[&study])?;
     let (version, snapshot_version) = (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64);
@@ -351,7 +405,7 @@ fn state_since(tx: &mut Transaction<'_>, study: i64, known: u64) -> std::result:
 }
 
 /// Writes a transaction's state change at `version + 1`.
-fn write_state(tx: &mut Transaction<'_>, study: i64, version: u64, w: &StateWrite) -> std::result::Result<(), postgres::Error> {
+fn write_state(tx: &mut Tx<'_>, study: i64, version: u64, w: &StateWrite) -> std::result::Result<(), postgres::Error> {
     let next = (version + 1) as i64;
     match &w.snapshot {
         Some(state) => {
@@ -379,12 +433,12 @@ fn write_state(tx: &mut Transaction<'_>, study: i64, version: u64, w: &StateWrit
 
 /// Locks the study's row for the rest of the transaction (one ask, tell or
 /// step of a study at a time).
-fn lock_study(tx: &mut Transaction<'_>, study: i64) -> std::result::Result<bool, postgres::Error> {
+fn lock_study(tx: &mut Tx<'_>, study: i64) -> std::result::Result<bool, postgres::Error> {
     Ok(tx.query_opt("SELECT 1 FROM archsearch.studies WHERE id = $1 FOR UPDATE", &[&study])?.is_some())
 }
 
 /// Locks a trial and checks that `owner` owns it and that it runs.
-fn owned(tx: &mut Transaction<'_>, trial: i64, owner: &str, shown: &str) -> Result<()> {
+fn owned(tx: &mut Tx<'_>, trial: i64, owner: &str, shown: &str) -> Result<()> {
     let row = tx
         .query_opt("SELECT state, owner FROM archsearch.trials WHERE id = $1 FOR UPDATE", &[&trial])
         .map_err(|e| StoreError::backend(shown, e))?;
@@ -440,7 +494,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         if !lock_study(&mut tx, study).map_err(err)? {
             return Err(StoreError::NoStudy(format!("id {study}")));
         }
@@ -496,7 +550,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         if !lock_study(&mut tx, study).map_err(err)? {
             return Err(StoreError::NoStudy(format!("id {study}")));
         }
@@ -554,7 +608,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         lock_study(&mut tx, study).map_err(err)?;
         let n = tx
             .execute(
@@ -574,7 +628,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         owned(&mut tx, trial, owner, &shown)?;
         tx.execute(
             "INSERT INTO archsearch.trial_values (trial_id, step, value) VALUES ($1, $2, $3)
@@ -603,7 +657,7 @@ impl Storage for PostgresStorage {
 
     fn trials(&self, study: i64) -> Result<Vec<TrialRecord>> {
         let mut c = self.reader();
-        let mut tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut tx = Tx::begin(&mut c, &self.statements).map_err(|e| self.err(e))?;
         let mut trials: Vec<TrialRecord> = tx
             .query(&format!("SELECT {TRIAL_COLUMNS} FROM archsearch.trials WHERE study_id = $1 ORDER BY number"), &[&study])
             .map_err(|e| self.err(e))?
@@ -645,7 +699,8 @@ impl Storage for PostgresStorage {
     fn strategy_state(&self, study: i64, known_version: u64) -> Result<(u64, StateLog)> {
         let mut c = self.reader();
         // One transaction at REPEATABLE READ: the version and the log agree.
-        let mut tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().map_err(|e| self.err(e))?;
+        let tx = c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().map_err(|e| self.err(e))?;
+        let mut tx = Tx { tx, statements: &self.statements };
         let out = state_since(&mut tx, study, known_version).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)
@@ -655,7 +710,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         lock_study(&mut tx, study).map_err(err)?;
         for (member, record) in members {
             tx.execute(
@@ -716,7 +771,7 @@ impl Storage for PostgresStorage {
         self.refuse_writes()?;
         let shown = self.shown.clone();
         let err = |e| StoreError::backend(&shown, e);
-        let mut tx = self.client.get_mut().transaction().map_err(err)?;
+        let mut tx = Tx::begin(self.client.get_mut(), &self.statements).map_err(err)?;
         // The study first, as every transaction takes its locks (study, then
         // trials), so that claims and tells never deadlock.
         lock_study(&mut tx, study).map_err(err)?;

@@ -217,9 +217,28 @@ enum Command {
         /// The strategy (multi-fidelity ones use the table's 12/200-epoch axis).
         #[arg(long, default_value = "evolution")]
         strategy: String,
-        /// Where to put the study (default: a temporary file).
+        /// The study store: a path, or postgres://… (default: a temporary
+        /// SQLite file). On a server, the study gets a name of its own.
         #[arg(long)]
-        study: Option<PathBuf>,
+        study: Option<String>,
+    },
+    /// Throughput of many worker processes on one study: for each count of
+    /// processes, a fresh copy of CONFIG's study (its own name) run by that
+    /// many `archsearch worker` processes to its budget; prints trials per
+    /// second and per hour and the speed-up over one process.
+    BenchWorkers {
+        /// The study config (a tabular task measures the store, a training
+        /// task the training throughput).
+        config: PathBuf,
+        /// The shared study store (postgres://… or a SQLite path).
+        #[arg(long)]
+        study: String,
+        /// Worker processes to compare.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        processes: Vec<usize>,
+        /// Override the config's `[study] trials`.
+        #[arg(long)]
+        trials: Option<u64>,
     },
 }
 
@@ -367,6 +386,7 @@ fn real_main(cli: Cli) -> Result<()> {
             compare(config, variants, seeds, study, device, workers, json)
         }
         Command::BenchStore { trials, strategy, study } => bench_store(trials, &strategy, study),
+        Command::BenchWorkers { config, study, processes, trials } => bench_workers(&config, &study, &processes, trials),
         Command::BenchEstimators { samples, decisions, options, seed, json } => bench_estimators(samples, decisions, options, seed, json),
         Command::BenchTrain { steps, batch, workers, python, data_dir, device } => {
             let device = device.choice().resolve()?;
@@ -792,10 +812,13 @@ fn bench_estimators(samples: usize, decisions: usize, options: usize, seed: u64,
     Ok(())
 }
 
-fn bench_store(trials: u64, strategy: &str, path: Option<PathBuf>) -> Result<()> {
+fn bench_store(trials: u64, strategy: &str, url: Option<String>) -> Result<()> {
     let dir = tempfile_dir()?;
-    let path = path.unwrap_or_else(|| dir.join("bench-store.db"));
-    let text = format!("[study]\nname = \"bench-store\"\ntrials = {trials}\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
+    let url = url.unwrap_or_else(|| dir.join("bench-store.db").display().to_string());
+    // On a server, where other studies live, a name of its own.
+    let name =
+        if archsearch_store::is_postgres(&url) { format!("bench-store-{:08x}", rand::random::<u32>()) } else { "bench-store".into() };
+    let text = format!("[study]\nname = \"{name}\"\ntrials = {trials}\n[task]\nkind = \"nb201\"\n[strategy]\nkind = \"random\"\n");
     let cfg_path = dir.join("bench-store.toml");
     std::fs::write(&cfg_path, text)?;
     let mut config = Config::load(&cfg_path)?;
@@ -805,10 +828,11 @@ fn bench_store(trials: u64, strategy: &str, path: Option<PathBuf>) -> Result<()>
         Some(archsearch::registry::Ladder { min_budget: lo, max_budget: hi, eta: hi as f64 / lo as f64 }),
     )?;
     config.check()?;
-    let mut study = Study::open(&config, archsearch_store::open(path.to_str().context("utf-8 path")?)?, None)?;
+    let mut study = Study::open(&config, archsearch_store::open(&url)?, None)?;
     let block = (trials / 10).max(1);
     let clock = std::sync::Mutex::new((Instant::now(), 0u64, Vec::new()));
-    outln!("{strategy}: {trials} trials on NAS-Bench-201, {}", path.display())?;
+    let started = Instant::now();
+    outln!("{strategy}: {trials} trials on NAS-Bench-201, {}", archsearch_store::shown_url(&url))?;
     outln!("{:>12} {:>20}", "evaluations", "µs per evaluation")?;
     study.run(&|_| {
         let mut c = clock.lock().unwrap_or_else(|e| e.into_inner());
@@ -823,6 +847,49 @@ fn bench_store(trials: u64, strategy: &str, path: Option<PathBuf>) -> Result<()>
     let (_, told, per_block) = clock.into_inner().unwrap_or_else(|e| e.into_inner());
     if let (Some(first), Some(last)) = (per_block.first(), per_block.last()) {
         outln!("{told} evaluations; last block / first block: {:.2}", last / first)?;
+    }
+    outln!("mean: {:.1} µs per evaluation (ask, table lookup, tell)", started.elapsed().as_secs_f64() * 1e6 / told.max(1) as f64)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn bench_workers(config_path: &std::path::Path, url: &str, processes: &[usize], trials: Option<u64>) -> Result<()> {
+    let base = Config::load(config_path)?;
+    let dir = tempfile_dir()?;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let stamp = format!("{:08x}", rand::random::<u32>());
+    outln!("{:>9} {:>8} {:>10} {:>12} {:>14} {:>9}", "processes", "trials", "wall s", "trials/s", "trials/hour", "speed-up")?;
+    let mut first_rate = None;
+    for &p in processes {
+        anyhow::ensure!(p > 0, "--processes: 0 processes");
+        let mut c = base.clone();
+        c.study.name = Some(format!("{}-bench-p{p}-{stamp}", base.name()));
+        if trials.is_some() {
+            c.study.trials = trials;
+        }
+        let cfg = dir.join(format!("p{p}.toml"));
+        std::fs::write(&cfg, c.to_toml())?;
+        let start = Instant::now();
+        let children: Vec<std::process::Child> = (0..p)
+            .map(|_| {
+                std::process::Command::new(&exe)
+                    .args(["worker", cfg.to_str().unwrap_or_default(), "--study", url, "--quiet"])
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .context("starting a worker")
+            })
+            .collect::<Result<_>>()?;
+        for mut child in children {
+            let status = child.wait()?;
+            anyhow::ensure!(status.success(), "a worker failed ({status})");
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let store = archsearch_store::open_read_only(url)?;
+        let rec = store.study(c.name())?;
+        let done = rec.counts.finished;
+        let rate = done as f64 / wall;
+        let speedup = rate / *first_rate.get_or_insert(rate);
+        outln!("{p:>9} {done:>8} {wall:>10.1} {rate:>12.2} {:>14.0} {speedup:>8.2}×", rate * 3600.0)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
