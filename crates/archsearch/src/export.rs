@@ -66,7 +66,14 @@ pub fn run(url: &str, name: Option<&str>, trial: Option<u64>, out: &Path, python
     let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
     let task = TrainTask::new(task_config, config.space()?, task_config.proxy.clone(), false, Some(DeviceChoice::Cpu))?;
     let root = checkpoint_root(url).with_context(|| format!("{url} keeps no checkpoints"))?;
-    let file = root.join(&study.name).join(format!("trial-{}", t.number)).join(checkpoint::FILE);
+    let dir = root.join(&study.name).join(format!("trial-{}", t.number));
+    // A study sharing its checkpoints: the shared one is the newest.
+    if let Some(a) = &config.study.artifacts {
+        let store = crate::artifacts::open(a).with_context(|| format!("[study] artifacts of study `{}`", study.name))?;
+        let key = format!("{}/trial-{}/{}", study.name, t.number, checkpoint::FILE);
+        checkpoint::pull(&dir, &archsearch_tasks::SharedSlot { store, key });
+    }
+    let file = dir.join(checkpoint::FILE);
     let expected = task.fingerprint(&study.uid, format!("trial-{}", t.number), &arch);
     match checkpoint::fingerprint(&file) {
         Ok(Some(fp)) if fp == expected => {}

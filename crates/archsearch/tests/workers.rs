@@ -201,6 +201,12 @@ fn handover(dir: &Path, artifacts: &str, shared_yet: &dyn Fn() -> bool) {
     let s = archsearch_store::open_read_only(db.to_str().unwrap()).unwrap();
     let u = s.trial(s.study("handover").unwrap().id, 0).unwrap();
     assert_eq!(u.value, t.value, "the handed-over trial ends where a straight run ends");
+    // Export from a third folder, whose cache is empty: the shared checkpoint is taken.
+    let c = d.join("c");
+    std::fs::create_dir_all(&c).unwrap();
+    let out = bin().args(["export", &url, "-o", "out"]).current_dir(&c).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.join("out/model.safetensors").exists() && c.join("out/model.py").exists());
 }
 
 /// ASHA on Fashion-MNIST with two workers in different folders that share
