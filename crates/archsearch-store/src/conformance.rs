@@ -135,7 +135,7 @@ fn a_released_trial_is_rerun_without_counting_a_crash(s: &mut dyn Storage) {
 }
 
 fn entry(e: &[u8]) -> StateWrite {
-    StateWrite { entry: e.to_vec(), snapshot: None }
+    StateWrite { entry: e.to_vec(), ..Default::default() }
 }
 
 fn the_state_log_hands_back_what_changed(s: &mut dyn Storage) {
@@ -294,6 +294,22 @@ fn population_steps_are_recorded(s: &mut dyn Storage) {
     assert_eq!(m.len(), 3);
     assert_eq!((m[2].step, m[2].member, m[2].record["fitness"].as_f64()), (1, 0, Some(4.0)));
     assert_eq!(stored(s, id).1, b"step-2b".to_vec());
+    // A tell may carry population records: written with its state, or not at all.
+    let st = s.ask(id, 0, "me", &mut |_, _| Ok(Some((w(b"a".to_vec()), trial("m"))))).unwrap().unwrap();
+    let with_records = |state: &[u8]| StateWrite {
+        members: vec![(2, 0, "{\"fitness\":5.0}".into()), (2, 1, "{\"fitness\":6.0}".into())],
+        ..w(state.to_vec())
+    };
+    let e = s.tell(id, st.trial_id, "me", 0, &complete(1.0), &mut |_| {
+        let _ = with_records(b"x");
+        Err("refused".into())
+    });
+    assert!(e.is_err());
+    assert_eq!(s.members(id).unwrap().len(), 3, "a failed tell writes no records");
+    s.tell(id, st.trial_id, "me", 0, &complete(1.0), &mut |_| Ok((with_records(b"step-3"), vec![]))).unwrap();
+    let m = s.members(id).unwrap();
+    assert_eq!((m.len(), m[4].step, m[4].member, m[4].record["fitness"].as_f64()), (5, 2, 1, Some(6.0)));
+    assert_eq!(stored(s, id).1, b"step-3".to_vec());
 }
 
 fn studies_open_once(s: &mut dyn Storage) {

@@ -239,17 +239,21 @@ impl StateLog {
 }
 
 /// What a transaction writes to the strategy state: one log entry, or (when
-/// `snapshot` is set) a whole new state that replaces the snapshot and the log.
-#[derive(Debug, Clone, PartialEq)]
+/// `snapshot` is set) a whole new state that replaces the snapshot and the
+/// log; and population records to store with it, `(step, member, record
+/// JSON)` (replacing a record of the same step and member), so that a
+/// population step and the state after it are written in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StateWrite {
     pub entry: Vec<u8>,
     pub snapshot: Option<Vec<u8>>,
+    pub members: Vec<(u64, u64, String)>,
 }
 
 impl StateWrite {
     /// A whole state (the snapshot form).
     pub fn snapshot(state: Vec<u8>) -> Self {
-        StateWrite { entry: Vec::new(), snapshot: Some(state) }
+        StateWrite { snapshot: Some(state), ..Default::default() }
     }
 }
 

@@ -407,6 +407,13 @@ fn state_since(tx: &mut Tx<'_>, study: i64, known: u64) -> std::result::Result<(
 /// Writes a transaction's state change at `version + 1`.
 fn write_state(tx: &mut Tx<'_>, study: i64, version: u64, w: &StateWrite) -> std::result::Result<(), postgres::Error> {
     let next = (version + 1) as i64;
+    for (step, member, record) in &w.members {
+        tx.execute(
+            "INSERT INTO archsearch.members (study_id, step, member, record) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (study_id, step, member) DO UPDATE SET record = EXCLUDED.record",
+            &[&study, &(*step as i64), &(*member as i64), record],
+        )?;
+    }
     match &w.snapshot {
         Some(state) => {
             tx.execute("DELETE FROM archsearch.strategy_log WHERE study_id = $1", &[&study])?;

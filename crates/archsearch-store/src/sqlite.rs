@@ -481,6 +481,12 @@ fn state_since(conn: &Connection, study: i64, known: u64) -> rusqlite::Result<(u
 /// Writes a transaction's state change at `version + 1`.
 fn write_state(tx: &rusqlite::Transaction<'_>, study: i64, version: u64, w: &StateWrite) -> rusqlite::Result<()> {
     let next = (version + 1) as i64;
+    for (step, member, record) in &w.members {
+        tx.execute(
+            "INSERT OR REPLACE INTO members (study_id, step, member, record) VALUES (?1, ?2, ?3, ?4)",
+            params![study, *step as i64, *member as i64, record],
+        )?;
+    }
     match &w.snapshot {
         Some(state) => {
             tx.execute("DELETE FROM strategy_log WHERE study_id = ?1", [study])?;

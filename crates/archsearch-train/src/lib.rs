@@ -329,6 +329,7 @@ impl TrainTask {
         seed: u64,
         dir: &std::path::Path,
         fp: &Fingerprint,
+        shared: Option<&archsearch_tasks::SharedSlot>,
         until: usize,
         total: usize,
         lr: Option<f64>,
@@ -343,7 +344,7 @@ impl TrainTask {
         if let Some(lr) = lr {
             spec.optim.lr = lr;
         }
-        let place = trainer::Place { dir, fp, runner: &format!("pid {}", std::process::id()), shared: None };
+        let place = trainer::Place { dir, fp, runner: &format!("pid {}", std::process::id()), shared };
         trainer::train(&model, &self.data, &spec, seed, Some(place), &mut |_, _| true)
     }
 

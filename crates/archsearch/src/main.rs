@@ -408,8 +408,10 @@ fn worker(config_path: PathBuf, url: &str, how: HowToRun) -> Result<()> {
     archsearch_rl::init_thread(1);
     let config = load_config(&config_path, how.artifacts)?;
     let (quiet, device, workers) = (how.quiet, how.device.map(DeviceArg::choice), how.workers);
-    if let StrategyConfig::Pbt(_) = &config.strategy {
-        bail!("`worker` runs ask/tell studies; a PBT population is trained by one process (`archsearch run`)");
+    if let StrategyConfig::Pbt(p) = &config.strategy {
+        archsearch::pbt::work_study(&config, p, url, device, quiet)?;
+        outln!("store: {}", archsearch_store::shown_url(url))?;
+        return Ok(());
     }
     run_one(&config, url, quiet, device, workers)?;
     outln!("store: {}", archsearch_store::shown_url(url))?;

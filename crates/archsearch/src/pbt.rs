@@ -34,14 +34,28 @@
 //! machine. Every member at every step is recorded with its lineage; the
 //! state after each step is saved, so a killed run continues from its last
 //! completed step with the same population, weights and random state.
+//!
+//! `run` trains the population in one process. `work` lets any number of
+//! worker processes, on any machines that reach the store (and the artifact
+//! store that shares member checkpoints), train one population together:
+//! each member's interval is a trial, asked and told as any other (so a
+//! dead worker's member is claimed and trained again from its checkpoint);
+//! the exploit step is taken once, inside the tell of whichever worker
+//! completes the interval last, in the transaction that records the step's
+//! members and the next state. The same config and seed give the same
+//! population either way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use archsearch_core::TrialState;
 use archsearch_core::{Architecture, Rng, Space};
-use archsearch_store::{NewStudy, Storage};
+use archsearch_store::{Finish, Launch, NewStudy, NewTrial, StateLog, StateSince, StateWrite, Storage, StoreError};
+use archsearch_tasks::{Artifacts, SharedSlot};
 use archsearch_train::mixing::{self, Origin, ShrinkPerturb};
 use archsearch_train::{checkpoint, TrainTask};
 use rand::seq::IndexedRandom;
@@ -171,7 +185,8 @@ pub struct Member {
     pub lineage: Vec<Lineage>,
 }
 
-/// Everything the run needs to continue: saved after every step.
+/// Everything the run needs to continue: saved after every step (and, with
+/// workers, after every ask and tell).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct State {
     /// The next step to train.
@@ -179,6 +194,28 @@ struct State {
     next_id: u64,
     members: Vec<Member>,
     rng: Rng,
+    /// What workers are doing in this step (empty for `run`).
+    #[serde(default, skip_serializing_if = "Work::is_idle")]
+    work: Work,
+}
+
+/// The members of the current step that workers were handed and finished.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Work {
+    /// Positions in `members` handed to a worker in this step.
+    asked: Vec<usize>,
+    /// Positions whose training this step was told.
+    told: Vec<usize>,
+    /// The trial training each handed member, by trial number.
+    jobs: BTreeMap<u64, usize>,
+    /// The end: the best member and its test accuracy.
+    outcome: Option<(Member, Option<f64>)>,
+}
+
+impl Work {
+    fn is_idle(&self) -> bool {
+        self.asked.is_empty() && self.told.is_empty() && self.jobs.is_empty() && self.outcome.is_none()
+    }
 }
 
 /// A PBT run on a store.
@@ -186,14 +223,17 @@ pub struct Run<'a> {
     pub config: Config,
     pub space: Space,
     pub task: &'a TrainTask,
-    pub store: &'a mut dyn Storage,
     pub study: i64,
+    /// The study's name (the artifact store's keys start with it).
+    pub name: String,
     /// The study's unique id, which every member checkpoint carries.
     pub uid: String,
     pub seed: u64,
     pub workers: usize,
     /// Member checkpoints live in `root/member-ID/`.
     pub root: PathBuf,
+    /// Where member checkpoints are shared with other workers, if anywhere.
+    pub artifacts: Option<Arc<dyn Artifacts>>,
 }
 
 /// What a finished run reports.
@@ -218,8 +258,17 @@ impl Run<'_> {
         member_dir(&self.root, id)
     }
 
+    /// Where member `id`'s checkpoint is shared, if anywhere.
+    fn shared(&self, id: u64) -> Option<SharedSlot> {
+        let key = format!("{}/member-{id}/{}", self.name, checkpoint::FILE);
+        self.artifacts.as_ref().map(|store| SharedSlot { store: store.clone(), key })
+    }
+
     /// The checkpoint of member `m` (it must carry `m`'s fingerprint).
     fn read_member(&self, m: &Member) -> Result<BTreeMap<String, tch::Tensor>> {
+        if let Some(shared) = self.shared(m.id) {
+            checkpoint::pull(&self.dir(m.id), &shared);
+        }
         let fp = self.task.fingerprint(&self.uid, format!("member-{}", m.id), &m.arch);
         checkpoint::read(&self.dir(m.id), &fp)
             .ok_or_else(|| anyhow!("member {}: no usable checkpoint in {}", m.id, self.dir(m.id).display()))
@@ -249,13 +298,13 @@ impl Run<'_> {
                 lineage: Vec::new(),
             })
             .collect();
-        State { step: 0, next_id: n as u64, members, rng }
+        State { step: 0, next_id: n as u64, members, rng, work: Work::default() }
     }
 
-    /// Runs (or resumes) to the end; returns the best member.
-    pub fn run(&mut self, on_step: &mut dyn FnMut(usize, &[Member])) -> Result<Outcome> {
+    /// Runs (or resumes) to the end in this process; returns the best member.
+    pub fn run(&mut self, store: &mut dyn Storage, on_step: &mut dyn FnMut(usize, &[Member])) -> Result<Outcome> {
         self.config.check()?;
-        let (_, log) = self.store.strategy_state(self.study, 0)?;
+        let (_, log) = store.strategy_state(self.study, 0)?;
         let mut state = match log.since {
             archsearch_store::StateSince::Snapshot(bytes, _) if !bytes.is_empty() => {
                 serde_json::from_slice(&bytes).context("stored PBT state")?
@@ -265,7 +314,7 @@ impl Run<'_> {
         let steps = self.config.steps();
         while state.step < steps {
             let until = (state.step + 1) * self.config.interval;
-            train_all(self.task, &self.uid, &self.root, self.workers, self.config.epochs, &mut state.members, until);
+            train_all(self, &mut state.members, until);
             let step = state.step;
             let records: Vec<(u64, String)> = state
                 .members
@@ -279,8 +328,14 @@ impl Run<'_> {
                 self.exploit_and_explore(&mut state)?;
             }
             let bytes = serde_json::to_vec(&state)?;
-            self.store.record_step(self.study, step as u64, &records, &bytes)?;
+            store.record_step(self.study, step as u64, &records, &bytes)?;
         }
+        let (best, test) = self.final_outcome(&state)?;
+        Ok(Outcome { best, test_accuracy: test, member_epochs: self.config.population * self.config.epochs })
+    }
+
+    /// The best member at the end, and its test accuracy.
+    fn final_outcome(&self, state: &State) -> Result<(Member, Option<f64>)> {
         let best = state
             .members
             .iter()
@@ -288,12 +343,187 @@ impl Run<'_> {
             .max_by(|a, b| a.fitness.unwrap().total_cmp(&b.fitness.unwrap()))
             .cloned()
             .ok_or_else(|| anyhow!("every member failed"))?;
-        let fp = self.task.fingerprint(&self.uid, format!("member-{}", best.id), &best.arch);
-        let test = self
-            .task
-            .train_member(&best.arch, best.seed, &self.dir(best.id), &fp, self.config.epochs, self.config.epochs, Some(best.lr), true)?
-            .test_accuracy;
-        Ok(Outcome { best, test_accuracy: test, member_epochs: self.config.population * self.config.epochs })
+        let test = self.train(&best, self.config.epochs, true)?.test_accuracy;
+        Ok((best, test))
+    }
+
+    /// Trains member `m` up to epoch `until` from its checkpoint (pulled
+    /// from the artifact store first, and each new one pushed there).
+    fn train(&self, m: &Member, until: usize, evaluate_test: bool) -> Result<archsearch_train::trainer::RunResult> {
+        let fp = self.task.fingerprint(&self.uid, format!("member-{}", m.id), &m.arch);
+        let shared = self.shared(m.id);
+        let r = self.task.train_member(
+            &m.arch,
+            m.seed,
+            &self.dir(m.id),
+            &fp,
+            shared.as_ref(),
+            until,
+            self.config.epochs,
+            Some(m.lr),
+            evaluate_test,
+        )?;
+        Ok(r)
+    }
+
+    /// The state a store's strategy state holds (the initial one before
+    /// the first ask); workers write only snapshots.
+    fn state_from(&self, log: &StateLog) -> Result<State> {
+        match &log.since {
+            StateSince::Current => Ok(self.initial_state()),
+            StateSince::Snapshot(bytes, entries) if entries.is_empty() => {
+                if bytes.is_empty() {
+                    Ok(self.initial_state())
+                } else {
+                    serde_json::from_slice(bytes).context("stored PBT state")
+                }
+            }
+            _ => bail!("the stored PBT state is a log, not a snapshot: the study was not made by PBT"),
+        }
+    }
+
+    /// One worker of the population: until the run is over, takes members
+    /// of the current step (or orphans of dead workers), trains each to the
+    /// step's epoch and tells its fitness; the worker whose tell completes a
+    /// step records it and takes the exploit step in that same transaction.
+    /// Returns the outcome once the last step is told (by any worker).
+    pub fn work(&self, store: &mut dyn Storage, owner: &str, stale_after: f64) -> Result<Outcome> {
+        self.config.check()?;
+        let beat = crate::study::Beat::default();
+        let heart = store.connect_again()?;
+        std::thread::scope(|s| {
+            if let Some(conn) = heart {
+                let beat = &beat;
+                s.spawn(move || beat.run(conn, owner, Duration::from_secs_f64((stale_after / 5.0).max(0.05))));
+            }
+            let out = self.work_loop(store, owner, stale_after, &beat);
+            beat.stop.store(true, Ordering::Relaxed);
+            out
+        })
+    }
+
+    fn work_loop(&self, store: &mut dyn Storage, owner: &str, stale_after: f64, beat: &crate::study::Beat) -> Result<Outcome> {
+        let n = self.config.population;
+        let steps = self.config.steps();
+        loop {
+            // Members a dead worker was training: trained again, from their checkpoint.
+            for t in store.claim_orphans(self.study, owner, stale_after)? {
+                let state = self.state_from(&store.strategy_state(self.study, 0)?.1)?;
+                let slot =
+                    *state.work.jobs.get(&t.number).ok_or_else(|| anyhow!("trial {} trains no member of the population", t.number))?;
+                self.train_and_tell(store, &state, t.id, t.number, slot, owner, beat)?;
+            }
+            let mut handed: Option<(State, usize)> = None;
+            let mut over: Option<(Member, Option<f64>)> = None;
+            let started = store.ask(self.study, 0, owner, &mut |log, counts| {
+                let mut state = self.state_from(log).map_err(|e| format!("{e:#}"))?;
+                if state.step >= steps {
+                    over = state.work.outcome.clone();
+                    return Ok(None);
+                }
+                let Some(slot) = (0..n).find(|i| !state.work.asked.contains(i)) else { return Ok(None) };
+                state.work.asked.push(slot);
+                state.work.jobs.insert(counts.started, slot);
+                let m = &state.members[slot];
+                let launch = Launch::New(NewTrial {
+                    arch: self.space.canonical(&m.arch),
+                    arch_json: serde_json::to_string(&m.arch)?,
+                    seed: m.seed,
+                    step: Some(((state.step + 1) * self.config.interval) as u64),
+                });
+                let bytes = serde_json::to_vec(&state)?;
+                handed = Some((state, slot));
+                Ok(Some((StateWrite::snapshot(bytes), launch)))
+            })?;
+            match (started, handed) {
+                (Some(st), Some((state, slot))) => self.train_and_tell(store, &state, st.trial_id, st.number, slot, owner, beat)?,
+                _ => match over {
+                    Some((best, test_accuracy)) => {
+                        return Ok(Outcome { best, test_accuracy, member_epochs: n * self.config.epochs });
+                    }
+                    // Every member of this step is with a worker: wait for their tells.
+                    None => std::thread::sleep(Duration::from_millis(200)),
+                },
+            }
+        }
+    }
+
+    /// Trains the member at `slot` of `state` for this step as trial
+    /// `number` and tells the result; the tell that completes the step
+    /// records it and takes the exploit step (or, after the last step,
+    /// finds the best member and its test accuracy).
+    #[allow(clippy::too_many_arguments)]
+    fn train_and_tell(
+        &self,
+        store: &mut dyn Storage,
+        state: &State,
+        trial: i64,
+        number: u64,
+        slot: usize,
+        owner: &str,
+        beat: &crate::study::Beat,
+    ) -> Result<()> {
+        let m = &state.members[slot];
+        let until = (state.step + 1) * self.config.interval;
+        beat.set(Some(trial));
+        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train(m, until, false)));
+        beat.set(None);
+        let metrics = |lr: f64| {
+            BTreeMap::from([("member".to_string(), m.id as f64), ("step".to_string(), state.step as f64), ("lr".to_string(), lr)])
+        };
+        let (fitness, finish) = match trained {
+            Ok(Ok(r)) if r.valid_accuracy.is_finite() => {
+                let mut metrics = metrics(m.lr);
+                metrics.insert("resumed_from_epoch".into(), r.resumed_from as f64);
+                let f = Finish { state: TrialState::Complete, value: Some(r.valid_accuracy), metrics, cost: r.seconds, error: None };
+                (Ok(r.valid_accuracy), f)
+            }
+            other => {
+                let e = match other {
+                    Ok(Ok(r)) => format!("validation accuracy {}", r.valid_accuracy),
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(p) => format!("training panicked: {}", crate::panic_message(p.as_ref())),
+                };
+                (Err(e.clone()), Finish { state: TrialState::Fail, value: None, metrics: metrics(m.lr), cost: 0.0, error: Some(e) })
+            }
+        };
+        let steps = self.config.steps();
+        let told = store.tell(self.study, trial, owner, 0, &finish, &mut |log| {
+            let mut state = self.state_from(log).map_err(|e| format!("{e:#}"))?;
+            let member = &mut state.members[slot];
+            (member.fitness, member.error) = match &fitness {
+                Ok(f) => (Some(*f), None),
+                Err(e) => (None, Some(e.clone())),
+            };
+            state.work.jobs.remove(&number);
+            if !state.work.told.contains(&slot) {
+                state.work.told.push(slot);
+            }
+            let mut write = StateWrite::default();
+            if state.work.told.len() == state.members.len() {
+                // The step is complete: recorded, then exploited, in this transaction.
+                let step = state.step;
+                for m in &state.members {
+                    write.members.push((step as u64, m.id, serde_json::to_string(&record(&self.space, m, step))?));
+                }
+                state.step += 1;
+                state.work.asked.clear();
+                state.work.told.clear();
+                if state.step == steps {
+                    state.work.outcome = Some(self.final_outcome(&state).map_err(|e| format!("{e:#}"))?);
+                } else if self.config.variant != Variant::Random {
+                    self.exploit_and_explore(&mut state).map_err(|e| format!("{e:#}"))?;
+                }
+            }
+            write.snapshot = Some(serde_json::to_vec(&state)?);
+            Ok((write, vec![]))
+        });
+        match told {
+            Ok(_) => Ok(()),
+            // Taken over after a stale heartbeat: the new owner tells it.
+            Err(StoreError::NotOwner { .. } | StoreError::Finished(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Replaces the bottom members by children of the top ones.
@@ -398,6 +628,9 @@ impl Run<'_> {
         }
         out.append(&mut tensors);
         checkpoint::write(&self.dir(id), &out, &self.task.fingerprint(&self.uid, format!("member-{id}"), &arch))?;
+        if let Some(shared) = self.shared(id) {
+            checkpoint::push(&self.dir(id), &shared);
+        }
         let origin_of = |d: bool| match (d, v) {
             (false, _) => Origin::Copied,
             (true, Variant::Mutation) => Origin::Fresh,
@@ -421,24 +654,21 @@ impl Run<'_> {
     }
 }
 
-/// Trains every member up to epoch `until`, `workers` at a time.
-fn train_all(task: &TrainTask, uid: &str, root: &Path, workers: usize, total: usize, members: &mut [Member], until: usize) {
+/// Trains every member up to epoch `until`, `run.workers` at a time.
+fn train_all(run: &Run<'_>, members: &mut [Member], until: usize) {
     let next = AtomicUsize::new(0);
     let results: Vec<(usize, Result<f64, String>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers.max(1))
+        let handles: Vec<_> = (0..run.workers.max(1))
             .map(|_| {
                 s.spawn(|| {
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some(m) = members.get(i) else { break };
-                        let fp = task.fingerprint(uid, format!("member-{}", m.id), &m.arch);
                         // A panic in training (libtorch errors panic in tch) fails the member.
-                        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            task.train_member(&m.arch, m.seed, &member_dir(root, m.id), &fp, until, total, Some(m.lr), false)
-                        }));
+                        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.train(m, until, false)));
                         let r = match trained {
-                            Ok(r) => r.map(|r| r.valid_accuracy).map_err(|e| e.to_string()),
+                            Ok(r) => r.map(|r| r.valid_accuracy).map_err(|e| format!("{e:#}")),
                             Err(p) => Err(format!("training panicked: {}", crate::panic_message(p.as_ref()))),
                         };
                         out.push((i, r));
@@ -475,8 +705,8 @@ fn record(space: &Space, m: &Member, step: usize) -> serde_json::Value {
 }
 
 /// Runs (or resumes) the PBT study of `config` (whose `[strategy]` is
-/// `pbt` with settings `pbt`) in the store at `url`; returns its outcome and
-/// the wall seconds this process spent.
+/// `pbt` with settings `pbt`) in the store at `url`, in this process;
+/// returns its outcome and the wall seconds this process spent.
 pub fn run_study(
     config: &crate::config::Config,
     pbt: &Config,
@@ -485,9 +715,35 @@ pub fn run_study(
     workers: Option<usize>,
     quiet: bool,
 ) -> Result<(Outcome, f64)> {
+    study(config, pbt, url, device, workers, quiet, false)
+}
+
+/// Joins the PBT study of `config` in the store at `url` as one of many
+/// workers (see [`Run::work`]); returns the outcome once the population has
+/// finished, and the wall seconds this process spent.
+pub fn work_study(
+    config: &crate::config::Config,
+    pbt: &Config,
+    url: &str,
+    device: Option<archsearch_train::DeviceChoice>,
+    quiet: bool,
+) -> Result<(Outcome, f64)> {
+    study(config, pbt, url, device, Some(1), quiet, true)
+}
+
+fn study(
+    config: &crate::config::Config,
+    pbt: &Config,
+    url: &str,
+    device: Option<archsearch_train::DeviceChoice>,
+    workers: Option<usize>,
+    quiet: bool,
+    as_worker: bool,
+) -> Result<(Outcome, f64)> {
     pbt.check().context("[strategy]")?;
     let crate::config::TaskConfig::Train(task_cfg) = &config.task else { bail!("[strategy] kind = \"pbt\" needs a training task") };
     let space = config.space()?;
+    let shown = archsearch_store::shown_url(url);
     let mut store = archsearch_store::open(url)?;
     // A study that exists must be this config's; everything is checked
     // (and the data read) before a study row is written.
@@ -495,35 +751,47 @@ pub fn run_study(
         Ok(rec) => {
             let stored: crate::config::Config =
                 toml::from_str(&rec.config).with_context(|| format!("stored config of study `{}`", rec.name))?;
-            crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists in {url}", rec.name))?
+            crate::config::reconcile(&stored, config).with_context(|| format!("study `{}` exists in {shown}", rec.name))?
         }
         Err(archsearch_store::StoreError::NoStudy(_)) => config.clone(),
         Err(e) => return Err(e.into()),
     };
     let task = TrainTask::new(task_cfg, space.clone(), task_cfg.proxy.clone(), false, device)?;
+    let artifacts = match &config.study.artifacts {
+        Some(a) => Some(crate::artifacts::open(a).context("[study] artifacts")?),
+        None => None,
+    };
     let new = NewStudy { name: config.name().into(), config: config.to_toml(), seed: config.study.seed, direction: config.study.direction };
     let (record, _) = store.open_study(&new)?;
-    let root = PathBuf::from(format!("{}.ckpt", url.strip_prefix("sqlite://").unwrap_or(url))).join(&record.name);
+    let root = crate::study::checkpoint_root(url).with_context(|| format!("{shown} keeps no checkpoints"))?.join(&record.name);
     let workers = workers.or(config.study.workers).unwrap_or(1).max(1);
     crate::config::check_workers(workers)?;
     let mut run = Run {
         config: pbt.clone(),
         space: space.clone(),
         task: &task,
-        store: store.as_mut(),
         study: record.id,
+        name: record.name.clone(),
         uid: record.uid.clone(),
         seed: record.seed,
         workers,
         root,
+        artifacts,
     };
     let start = std::time::Instant::now();
-    let out = run.run(&mut |step, members| {
-        if !quiet {
-            let best = members.iter().filter_map(|m| m.fitness).fold(f64::NEG_INFINITY, f64::max);
-            eprintln!("step {step}: best validation accuracy {best:.2} ({:.0} s)", start.elapsed().as_secs_f64());
-        }
-    })?;
+    let out = if as_worker {
+        let owner = archsearch_store::owner_id(rand::random());
+        let out = run.work(store.as_mut(), &owner, config.study.stale_after);
+        archsearch_store::release_owner(&owner);
+        out?
+    } else {
+        run.run(store.as_mut(), &mut |step, members| {
+            if !quiet {
+                let best = members.iter().filter_map(|m| m.fitness).fold(f64::NEG_INFINITY, f64::max);
+                eprintln!("step {step}: best validation accuracy {best:.2} ({:.0} s)", start.elapsed().as_secs_f64());
+            }
+        })?
+    };
     let wall = start.elapsed().as_secs_f64();
     if !quiet {
         println!(

@@ -135,21 +135,21 @@ fn state_write(strategy: &dyn Strategy, log: &StateLog, op: &Op) -> Result<State
     if log.wants_snapshot(entry.len()) {
         Ok(StateWrite::snapshot(strategy.save_state()?))
     } else {
-        Ok(StateWrite { entry, snapshot: None })
+        Ok(StateWrite { entry, ..Default::default() })
     }
 }
 
 /// The trial a runner is evaluating, for its heartbeat thread.
 #[derive(Default)]
-struct Beat {
+pub(crate) struct Beat {
     current: Mutex<Option<(i64, Instant)>>,
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     /// The current trial was taken over by another runner.
     lost: AtomicBool,
 }
 
 impl Beat {
-    fn set(&self, trial: Option<i64>) {
+    pub(crate) fn set(&self, trial: Option<i64>) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         *current = trial.map(|t| (t, Instant::now()));
         self.lost.store(false, Ordering::Relaxed);
@@ -158,7 +158,7 @@ impl Beat {
     /// Beats for the current trial every `every` until stopped, on its own
     /// connection, so that a trial's owner looks alive however long its
     /// epochs are (and records what the attempt has cost so far).
-    fn run(&self, mut store: Box<dyn Storage>, owner: &str, every: Duration) {
+    pub(crate) fn run(&self, mut store: Box<dyn Storage>, owner: &str, every: Duration) {
         let mut last = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20).min(every));

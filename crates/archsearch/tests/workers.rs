@@ -248,3 +248,106 @@ fn asha_across_two_workers_continues_every_promotion_from_a_checkpoint() {
         promoted.len()
     );
 }
+
+/// A tiny PBT-NAS population: 4 members, 3 steps of 1 epoch.
+fn pbt_config(dir: &Path, study_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"[study]
+name = "pbt-workers"
+seed = 2
+workers = 2
+{study_extra}
+
+[space]
+kind = "sequence"
+length = 3
+options = ["conv3x3", "sep3x3", "maxpool3x3", "identity"]
+
+[task]
+kind = "train"
+dataset = "fashion-mnist"
+valid_fraction = 0.02
+network = {{ kind = "macro", channels = 4, stem_stride = 2 }}
+optimizer = {{ optimizer = "adam", lr = 0.01 }}
+proxy = {{ fraction = 0.03 }}
+
+[strategy]
+kind = "pbt"
+variant = "pbt-nas"
+population = 4
+interval = 1
+epochs = 3
+bottom = 0.5
+top = 0.5
+mix_probability = 0.5
+"#
+    );
+    let p = dir.join(format!("pbt-{}.toml", rand::random::<u32>()));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Every member's record at every step, as `(step, member, arch, fitness, parents, lineage)`.
+fn population(store: &dyn archsearch_store::Storage) -> Vec<(u64, u64, String, String, String, String)> {
+    let id = store.study("pbt-workers").unwrap().id;
+    store
+        .members(id)
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let r = &m.record;
+            (m.step, m.member, r["arch"].to_string(), r["fitness"].to_string(), r["parents"].to_string(), r["lineage"].to_string())
+        })
+        .collect()
+}
+
+/// PBT-NAS trained by two workers in different folders, sharing only the
+/// PostgreSQL study and a file:// artifact folder, one of them SIGKILLed
+/// once mid-run and started again: every member at every step is recorded
+/// once, each member interval is a trial, and the population (architectures,
+/// fitness, parents, lineage) equals what one process makes of the same
+/// config and seed.
+#[test]
+fn a_pbt_population_trained_by_two_workers_equals_one_process() {
+    let url = fresh_store();
+    let d = tempfile::tempdir().unwrap();
+    let artifacts = format!("file://{}", d.path().join("shared").display());
+    let config = pbt_config(d.path(), &format!("artifacts = \"{artifacts}\""));
+    let folders: Vec<PathBuf> = (0..2).map(|i| d.path().join(format!("w{i}"))).collect();
+    let mut workers: Vec<Child> = folders
+        .iter()
+        .map(|f| {
+            std::fs::create_dir_all(f).unwrap();
+            spawn_worker(&config, &url, f, &[])
+        })
+        .collect();
+    // Kill worker 0 once the first step is recorded, then start it again.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(Instant::now() < deadline, "no step recorded in 300 s");
+        let done =
+            archsearch_store::open_read_only(&url).ok().and_then(|s| s.study("pbt-workers").ok().map(|r| r.counts.finished)).unwrap_or(0);
+        if done >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigkill(&mut workers[0]);
+    workers[0] = spawn_worker(&config, &url, &folders[0], &[]);
+    for w in &mut workers {
+        let (status, err) = w.wait_with_output_ref();
+        assert!(status.success(), "{err}");
+    }
+    let store = archsearch_store::open_read_only(&url).unwrap();
+    let shared = population(store.as_ref());
+    assert_eq!(shared.len(), 4 * 3, "every member at every step, once");
+    let t = store.trials(store.study("pbt-workers").unwrap().id).unwrap();
+    assert_eq!(t.len(), 4 * 3, "one trial per member interval");
+    assert!(t.iter().all(|t| t.state == TrialState::Complete));
+    // One process, on SQLite, same config and seed.
+    let single = pbt_config(d.path(), "");
+    let db = d.path().join("single.db");
+    run_ok(&["run", single.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let one = archsearch_store::open_read_only(db.to_str().unwrap()).unwrap();
+    assert_eq!(shared, population(one.as_ref()), "two workers (one killed) make the population one process makes");
+}
