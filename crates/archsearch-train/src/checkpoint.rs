@@ -42,6 +42,9 @@ pub const STALE: &str = "stale";
 const KEYS: [&str; 4] = ["archsearch.study", "archsearch.owner", "archsearch.arch", "archsearch.config"];
 /// The metadata key of the runner that wrote a checkpoint.
 const WRITER: &str = "archsearch.writer";
+/// The metadata key of every runner that trained the checkpoint's owner so
+/// far, in order (comma-separated).
+const WRITERS: &str = "archsearch.writers";
 
 fn to_metadata(fp: &Fingerprint) -> HashMap<String, String> {
     let values = [&fp.study, &fp.owner, &fp.arch, &fp.config];
@@ -102,18 +105,22 @@ impl View for &CpuView {
 /// Writes `tensors` as the checkpoint of `dir`, owned by `fp` (atomically,
 /// keeping the previous checkpoint as the fallback), written by this process.
 pub fn write(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint) -> Result<(), TrainError> {
-    write_by(dir, tensors, fp, &format!("pid {}", std::process::id()))
+    write_by(dir, tensors, fp, &[format!("pid {}", std::process::id())])
 }
 
-/// [`write`], naming `writer` as the runner that wrote it.
-pub fn write_by(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint, writer: &str) -> Result<(), TrainError> {
+/// [`write`], naming the runners that trained the owner so far, the last
+/// one being the runner that writes it.
+pub fn write_by(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint, writers: &[String]) -> Result<(), TrainError> {
     let err = |p: &Path, e: &dyn std::fmt::Display| TrainError::Checkpoint(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| err(dir, &e))?;
     // A name of this writer's own: two runners that both think they own a
     // trial never write into one temporary file.
     let tmp = temporary(dir);
     let mut metadata = to_metadata(fp);
-    metadata.insert(WRITER.into(), writer.into());
+    if let Some(last) = writers.last() {
+        metadata.insert(WRITER.into(), last.clone());
+    }
+    metadata.insert(WRITERS.into(), writers.join(","));
     write_file(&tmp, tensors, metadata)?;
     install(dir, &tmp).map_err(|e| err(dir, &e))
 }
@@ -241,19 +248,22 @@ pub type Accept<'a, T> = dyn FnMut(&BTreeMap<String, Tensor>) -> Result<T, Train
 /// fingerprint, truncated, unreadable, not fitting) is moved aside with a
 /// warning. `None`: no usable checkpoint, start from scratch.
 pub fn load<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<T> {
-    load_with_writer(dir, fp, accept).map(|(v, _)| v)
+    load_with_writers(dir, fp, accept).map(|(v, _)| v)
 }
 
-/// [`load`], also returning the runner that wrote the checkpoint taken
-/// (`None` for a checkpoint that does not say).
-pub fn load_with_writer<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<(T, Option<String>)> {
+/// [`load`], also returning the runners that trained the checkpoint taken,
+/// in order, the last one having written it (empty when it does not say).
+pub fn load_with_writers<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_, T>) -> Option<(T, Vec<String>)> {
     for name in [FILE, PREVIOUS] {
         let path = dir.join(name);
         if !path.exists() {
             continue;
         }
         let meta = metadata(&path);
-        let writer = meta.as_ref().ok().and_then(|m| m.get(WRITER).cloned());
+        let writers: Vec<String> = match meta.as_ref().ok().and_then(|m| m.get(WRITERS).or_else(|| m.get(WRITER))) {
+            Some(list) => list.split(',').filter(|w| !w.is_empty()).map(str::to_string).collect(),
+            None => Vec::new(),
+        };
         match meta.map(|m| from_metadata(&m)) {
             Err(e) => {
                 set_aside(&path, &format!("unreadable checkpoint ({e})"));
@@ -280,7 +290,7 @@ pub fn load_with_writer<T>(dir: &Path, fp: &Fingerprint, accept: &mut Accept<'_,
         }
         let accepted = read_file(&path).and_then(|t| accept(&t));
         match accepted {
-            Ok(v) => return Some((v, writer)),
+            Ok(v) => return Some((v, writers)),
             Err(e) => set_aside(&path, &format!("unusable checkpoint ({e})")),
         }
     }

@@ -444,6 +444,11 @@ impl Task for TrainTask {
         if let (Some(writer), Some(c)) = (&result.resumed_writer, &ctx.checkpoint) {
             metrics.insert("resumed_from_other_runner".into(), f64::from(u8::from(writer != &c.runner)));
         }
+        // How many runners (workers) trained it over all its evaluations.
+        let distinct: std::collections::BTreeSet<&String> = result.writers.iter().collect();
+        if !distinct.is_empty() {
+            metrics.insert("trained_by_runners".into(), distinct.len() as f64);
+        }
         if let Some(t) = result.test_accuracy {
             metrics.insert("test_accuracy".into(), t);
         }

@@ -54,6 +54,10 @@ pub struct RunResult {
     pub resumed_from: usize,
     /// The runner that wrote the checkpoint it resumed from, if it says.
     pub resumed_writer: Option<String>,
+    /// Every runner that trained this network, in order, this one last
+    /// (runs that checkpoint; runners that took over without training an
+    /// epoch appear too).
+    pub writers: Vec<String>,
 }
 
 /// Accuracy (percent) and mean loss of `model` on a split.
@@ -86,12 +90,12 @@ pub struct Place<'a> {
     pub shared: Option<&'a SharedSlot>,
 }
 
-fn save_checkpoint(place: Place<'_>, model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
+fn save_checkpoint(place: Place<'_>, writers: &[String], model: &Model, opt: &Optimizer, next_epoch: usize) -> Result<(), TrainError> {
     let mut named: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
     named.extend(opt.named_state());
     named.insert("meta.epoch".into(), Tensor::from(next_epoch as i64));
     named.insert("meta.step".into(), Tensor::from(opt.step));
-    checkpoint::write_by(place.dir, &named, place.fp, place.runner)?;
+    checkpoint::write_by(place.dir, &named, place.fp, writers)?;
     if let Some(shared) = place.shared {
         checkpoint::push(place.dir, shared);
     }
@@ -148,14 +152,20 @@ pub fn train(
     let mut opt = Optimizer::new(spec.optim.clone(), params);
     let mut first_epoch = 0;
     let mut resumed_writer = None;
+    // The runners that trained this network so far; this one is added.
+    let mut writers: Vec<String> = Vec::new();
     if let Some(p) = place {
         if let Some(shared) = p.shared {
             checkpoint::pull(p.dir, shared);
         }
-        if let Some((epoch, writer)) = checkpoint::load_with_writer(p.dir, p.fp, &mut |t| load_checkpoint(t, model, &mut opt)) {
+        if let Some((epoch, before)) = checkpoint::load_with_writers(p.dir, p.fp, &mut |t| load_checkpoint(t, model, &mut opt)) {
             first_epoch = epoch;
-            tracing::info!(checkpoint = %p.dir.display(), epoch, writer = writer.as_deref().unwrap_or("?"), "resuming from checkpoint");
-            resumed_writer = writer;
+            resumed_writer = before.last().cloned();
+            tracing::info!(checkpoint = %p.dir.display(), epoch, writer = resumed_writer.as_deref().unwrap_or("?"), "resuming from checkpoint");
+            writers = before;
+        }
+        if writers.last().map(String::as_str) != Some(p.runner) {
+            writers.push(p.runner.to_string());
         }
     }
     let n = data.train.len();
@@ -198,7 +208,7 @@ pub fn train(
             return Err(TrainError::Cancelled { epoch: epoch + 1 });
         }
         if let Some(p) = place {
-            save_checkpoint(p, model, &opt, epoch + 1)?;
+            save_checkpoint(p, &writers, model, &opt, epoch + 1)?;
         }
     }
     let test_accuracy = spec.evaluate_test.then(|| evaluate(model, &data.test, 1024).0);
@@ -212,6 +222,7 @@ pub fn train(
         seconds: start.elapsed().as_secs_f64(),
         resumed_from: first_epoch,
         resumed_writer,
+        writers,
     })
 }
 

@@ -194,6 +194,7 @@ fn handover(dir: &Path, artifacts: &str, shared_yet: &dyn Fn() -> bool) {
     assert_eq!((t.state, t.attempts, t.crashes), (TrialState::Complete, 2, 1));
     assert!(t.metrics["resumed_from_epoch"] >= 1.0, "{:?}", t.metrics);
     assert_eq!(t.metrics["resumed_from_other_runner"], 1.0, "{:?}", t.metrics);
+    assert_eq!(t.metrics["trained_by_runners"], 2.0, "{:?}", t.metrics);
     // The same trial trained straight through, on SQLite, ends the same.
     let straight = train_config(d, "handover", fixed, 4, "trials = 1");
     let db = d.join("straight.db");
@@ -240,10 +241,11 @@ fn asha_across_two_workers_continues_every_promotion_from_a_checkpoint() {
         assert!(p.metrics["resumed_from_epoch"] >= 1.0, "trial {} trained again from scratch: {:?}", p.number, p.metrics);
     }
     let by_other = promoted.iter().filter(|p| p.metrics.get("resumed_from_other_runner") == Some(&1.0)).count();
+    let by_both = promoted.iter().filter(|p| p.metrics.get("trained_by_runners") == Some(&2.0)).count();
     let owners: std::collections::BTreeSet<&str> = t.iter().map(|t| t.owner.as_str()).collect();
     assert_eq!(owners.len(), 2, "both workers took trials");
     eprintln!(
-        "asha across 2 workers: {} trials, {} promoted, {by_other} of them continued from the other worker's checkpoint",
+        "asha across 2 workers: {} trials, {} promoted; {by_both} trained by both workers, {by_other} continued from the other worker's checkpoint at their last promotion",
         t.len(),
         promoted.len()
     );
