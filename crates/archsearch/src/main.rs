@@ -72,7 +72,7 @@ enum Command {
     },
     /// List a study's trials and its best one.
     Show {
-        /// The study store: a path or sqlite://PATH.
+        /// The study store: a path, sqlite://PATH or postgres://USER@HOST/DB.
         study: String,
         /// Which study of the store (default: all).
         #[arg(long)]
@@ -83,7 +83,7 @@ enum Command {
     /// Write a self-contained HTML report (inline SVG plots and their data
     /// tables) of a study store, or of a file of `bench --json` lines.
     Report {
-        /// The study store (a path or sqlite://PATH), or a bench results file.
+        /// The study store (a path, sqlite://PATH or postgres://USER@HOST/DB), or a bench results file.
         study: String,
         /// Which study of the store (default: all).
         #[arg(long)]
@@ -98,7 +98,7 @@ enum Command {
     /// Serve a live report of a study store on a local port; it refreshes
     /// while workers run (the store is only read).
     Dashboard {
-        /// The study store: a path or sqlite://PATH.
+        /// The study store: a path, sqlite://PATH or postgres://USER@HOST/DB.
         study: String,
         /// Which study of the store (default: all).
         #[arg(long)]
@@ -112,7 +112,7 @@ enum Command {
     /// Export a trained network for PyTorch: `model.py` (a standalone
     /// module), `model.safetensors` (its weights) and `architecture.json`.
     Export {
-        /// The study store: a path or sqlite://PATH.
+        /// The study store: a path, sqlite://PATH or postgres://USER@HOST/DB.
         study: String,
         /// Which study (default: the newest retraining study, `NAME.target`,
         /// else the only training study).
