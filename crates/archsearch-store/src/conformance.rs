@@ -395,7 +395,7 @@ fn stale_state_is_handed_back(s: &mut dyn Storage) {
 
 fn orphans_of_dead_owners_are_claimed(s: &mut dyn Storage) {
     let id = study(s, "s");
-    let host = crate::hostname();
+    let host = crate::machine();
     let dead = format!("{host}:999999999:1");
     let me = crate::owner_id(42);
     s.ask(id, 0, &dead, &mut |_, _| Ok(Some((w(vec![]), trial("dead"))))).unwrap();

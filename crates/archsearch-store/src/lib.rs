@@ -15,7 +15,7 @@
 //! processes may share one study: each transaction hands the callback what
 //! changed since the version this process last saw ([`StateSince`]).
 //!
-//! Every trial is owned by one runner (`host:pid@start:token`): only the
+//! Every trial is owned by one runner (`machine:pid@start:token`): only the
 //! owner may report, beat or tell, and a runner whose process is gone (its
 //! process id reused or not) or whose heartbeat is stale loses its trials to
 //! whoever claims them.
@@ -433,6 +433,22 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
+/// This machine as owner ids name it: the host name, the kernel's boot id
+/// and this process's pid namespace (`host/boot.pidns`). Two machines, or two
+/// containers, that share a host name still differ, so a process id is only
+/// ever checked on the machine (and in the namespace) it belongs to.
+pub fn machine() -> String {
+    static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().replace('-', "");
+            let ns = std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let ns: String = ns.chars().filter(char::is_ascii_digit).collect();
+            format!("{}/{}.{ns}", hostname(), boot.trim().get(..8).unwrap_or("0"))
+        })
+        .clone()
+}
+
 /// Owners of this process that are still running (see [`owner_id`]).
 static LIVE_OWNERS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
@@ -446,15 +462,16 @@ pub fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// An owner id for this process: `host:pid@start:token`, the start time
+/// An owner id for this process: `machine:pid@start:token` (see
+/// [`machine`]), the start time
 /// telling this process from a later one with the same pid, the token
 /// telling apart runners in one process. It counts as alive until
 /// [`release_owner`].
 pub fn owner_id(token: u64) -> String {
     let pid = std::process::id();
     let id = match process_start(pid) {
-        Some(start) => format!("{}:{pid}@{start}:{token:x}", hostname()),
-        None => format!("{}:{pid}:{token:x}", hostname()),
+        Some(start) => format!("{}:{pid}@{start}:{token:x}", machine()),
+        None => format!("{}:{pid}:{token:x}", machine()),
     };
     LIVE_OWNERS.lock().unwrap_or_else(|e| e.into_inner()).push(id.clone());
     id
@@ -481,7 +498,7 @@ pub fn owner_alive(owner: &str, me: &str, heartbeat_age: f64, stale_after: f64) 
     let mut parts = owner.rsplitn(3, ':');
     let (_token, process, host) = (parts.next(), parts.next(), parts.next());
     let fresh = heartbeat_age < stale_after;
-    if host != Some(hostname().as_str()) {
+    if host != Some(machine().as_str()) {
         return fresh;
     }
     let (pid, start) = match process.map(|p| p.split_once('@').unwrap_or((p, ""))) {
@@ -516,7 +533,7 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         let start = process_start(pid).expect("start time of a running process");
-        let host = hostname();
+        let host = machine();
         let me = owner_id(7);
         let owner = |start: u64| format!("{host}:{pid}@{start}:1");
         assert!(owner_alive(&owner(start), &me, 1.0, 60.0));

@@ -80,7 +80,7 @@ pub struct CheckpointSlot {
     pub study: String,
     /// `trial-N`.
     pub owner: String,
-    /// The runner evaluating the trial (`host:pid@start:token`), written
+    /// The runner evaluating the trial (`machine:pid@start:token`, see `archsearch_store::machine`), written
     /// into each checkpoint it makes.
     pub runner: String,
     /// Where the checkpoint is shared with workers on other machines, if

@@ -792,7 +792,7 @@ mod tests {
         drop(study);
         // Trial 0 is started by a process that dies, and claimed (and lost)
         // by two more dead processes: three crashes.
-        let host = archsearch_store::hostname();
+        let host = archsearch_store::machine();
         let dead = |n: u32| format!("{host}:{}@1:1", 999_999_000 + n);
         let mut store = archsearch_store::open(&url).unwrap();
         let launch = Launch::New(NewTrial {

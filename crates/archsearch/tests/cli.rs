@@ -270,7 +270,10 @@ fn sigkill_and_resume_loses_nothing() {
 #[test]
 fn two_processes_share_a_study() {
     let d = tempfile::tempdir().unwrap();
-    let c = nb201_config(d.path(), "shared", "evolution", 3000);
+    // Enough trials (a few seconds) that the second process starts before
+    // the first has finished them all, however loaded the machine.
+    let n = 12_000;
+    let c = nb201_config(d.path(), "shared", "evolution", n);
     let db = d.path().join("shared.db");
     let spawn = || {
         bin()
@@ -284,11 +287,11 @@ fn two_processes_share_a_study() {
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
     let t = trials(&db);
-    assert_eq!(t.len(), 3000);
+    assert_eq!(t.len(), n as usize);
     assert!(t.iter().enumerate().all(|(i, t)| t.0 == i as u64 && t.1 == "COMPLETE"));
     let v = show_json(&db);
-    assert_eq!(v["complete"], 3000);
-    // Owners are `host:PID@start:token`: count the trials each process ran.
+    assert_eq!(v["complete"], n);
+    // Owners are `machine:PID@start:token`: count the trials each process ran.
     let mut ran = std::collections::BTreeMap::<u32, usize>::new();
     for t in v["trials"].as_array().unwrap() {
         let owner = t["owner"].as_str().unwrap();
