@@ -45,6 +45,10 @@ const WRITER: &str = "archsearch.writer";
 /// The metadata key of every runner that trained the checkpoint's owner so
 /// far, in order (comma-separated).
 const WRITERS: &str = "archsearch.writers";
+/// The metadata key of the epoch a checkpoint resumes at (its `meta.epoch`),
+/// readable without the tensors: a shared checkpoint never replaces a newer
+/// local one.
+const EPOCH: &str = "archsearch.epoch";
 
 fn to_metadata(fp: &Fingerprint) -> HashMap<String, String> {
     let values = [&fp.study, &fp.owner, &fp.arch, &fp.config];
@@ -121,6 +125,9 @@ pub fn write_by(dir: &Path, tensors: &BTreeMap<String, Tensor>, fp: &Fingerprint
         metadata.insert(WRITER.into(), last.clone());
     }
     metadata.insert(WRITERS.into(), writers.join(","));
+    if let Some(epoch) = tensors.get("meta.epoch") {
+        metadata.insert(EPOCH.into(), epoch.int64_value(&[]).to_string());
+    }
     write_file(&tmp, tensors, metadata)?;
     install(dir, &tmp).map_err(|e| err(dir, &e))
 }
@@ -158,9 +165,16 @@ pub fn pull(dir: &Path, shared: &SharedSlot) {
     });
     match fetched {
         Ok(Some(tmp)) => {
-            let same =
-                std::fs::read(dir.join(FILE)).ok().is_some_and(|local| std::fs::read(&tmp).ok().is_some_and(|remote| remote == local));
-            let done = if same { std::fs::remove_file(&tmp) } else { install(dir, &tmp) };
+            let local = dir.join(FILE);
+            let same = std::fs::read(&local).ok().is_some_and(|l| std::fs::read(&tmp).ok().is_some_and(|remote| remote == l));
+            // A shared checkpoint older than the local one (a late push by a
+            // runner that had lost the trial) is not taken.
+            let epoch = |p: &Path| metadata(p).ok().and_then(|m| m.get(EPOCH).and_then(|e| e.parse::<i64>().ok()));
+            let older = matches!((epoch(&tmp), epoch(&local)), (Some(shared_epoch), Some(local_epoch)) if shared_epoch < local_epoch);
+            if older {
+                tracing::warn!(dir = %dir.display(), key = %shared.key, "the shared checkpoint is older than this one: kept this one");
+            }
+            let done = if same || older { std::fs::remove_file(&tmp) } else { install(dir, &tmp) };
             if let Err(e) = done {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not install the shared checkpoint");
             }
@@ -353,6 +367,52 @@ mod tests {
         std::fs::write(dir.path().join(FILE), b"garbage").unwrap();
         std::fs::write(dir.path().join(PREVIOUS), b"").unwrap();
         assert!(read(dir.path(), &fp("trial-0")).is_none());
+    }
+
+    /// A folder standing in for a shared artifact store.
+    #[derive(Debug)]
+    struct Folder(PathBuf);
+
+    impl archsearch_tasks::Artifacts for Folder {
+        fn put(&self, key: &str, from: &Path) -> Result<(), String> {
+            let to = self.0.join(key);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(from, to).map(|_| ()).map_err(|e| e.to_string())
+        }
+        fn get(&self, key: &str, to: &Path) -> Result<bool, String> {
+            let from = self.0.join(key);
+            Ok(from.exists() && std::fs::copy(from, to).is_ok())
+        }
+        fn url(&self) -> &str {
+            "test"
+        }
+    }
+
+    fn at_epoch(x: f32, epoch: i64) -> BTreeMap<String, Tensor> {
+        let mut t = tensors(x);
+        t.insert("meta.epoch".into(), Tensor::from(epoch));
+        t
+    }
+
+    /// A worker pulls the shared checkpoint unless its own is newer (a late
+    /// push by a runner that had lost the trial never rolls it back).
+    #[test]
+    fn a_shared_checkpoint_is_taken_unless_the_local_one_is_newer() {
+        let (shared, a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let slot = SharedSlot { store: std::sync::Arc::new(Folder(shared.path().to_path_buf())), key: "s/trial-0/c".into() };
+        let w = |dir: &Path, x: f32, epoch: i64| write_by(dir, &at_epoch(x, epoch), &fp("trial-0"), &["r".into()]).unwrap();
+        w(a.path(), 5.0, 5);
+        push(a.path(), &slot);
+        pull(b.path(), &slot);
+        assert_eq!(read(b.path(), &fp("trial-0")).map(|t| value(&t)), Some(5.0), "taken by a worker without one");
+        w(a.path(), 3.0, 3);
+        push(a.path(), &slot);
+        pull(b.path(), &slot);
+        assert_eq!(read(b.path(), &fp("trial-0")).map(|t| value(&t)), Some(5.0), "an older shared one is not taken");
+        w(a.path(), 7.0, 7);
+        push(a.path(), &slot);
+        pull(b.path(), &slot);
+        assert_eq!(read(b.path(), &fp("trial-0")).map(|t| value(&t)), Some(7.0), "a newer shared one is");
     }
 
     /// A checkpoint whose tensors do not fit is set aside, not half-loaded.

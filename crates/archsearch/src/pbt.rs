@@ -396,9 +396,15 @@ impl Run<'_> {
                 let beat = &beat;
                 s.spawn(move || beat.run(conn, owner, Duration::from_secs_f64((stale_after / 5.0).max(0.05))));
             }
-            let out = self.work_loop(store, owner, stale_after, &beat);
-            beat.stop.store(true, Ordering::Relaxed);
-            out
+            // The heartbeat thread stops however the loop ends (a panic too).
+            struct Stop<'b>(&'b std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&beat.stop);
+            self.work_loop(store, owner, stale_after, &beat)
         })
     }
 
@@ -408,6 +414,11 @@ impl Run<'_> {
         loop {
             // Members a dead worker was training: trained again, from their checkpoint.
             for t in store.claim_orphans(self.study, owner, stale_after)? {
+                // Claimed orphans wait their turn here: one taken over by
+                // another worker meanwhile is left to it.
+                if !store.heartbeat(t.id, owner, 0.0)? {
+                    continue;
+                }
                 let state = self.state_from(&store.strategy_state(self.study, 0)?.1)?;
                 let slot =
                     *state.work.jobs.get(&t.number).ok_or_else(|| anyhow!("trial {} trains no member of the population", t.number))?;
@@ -415,10 +426,12 @@ impl Run<'_> {
             }
             let mut handed: Option<(State, usize)> = None;
             let mut over: Option<(Member, Option<f64>)> = None;
+            let mut done_without_outcome = false;
             let started = store.ask(self.study, 0, owner, &mut |log, counts| {
                 let mut state = self.state_from(log).map_err(|e| format!("{e:#}"))?;
                 if state.step >= steps {
                     over = state.work.outcome.clone();
+                    done_without_outcome = over.is_none();
                     return Ok(None);
                 }
                 let Some(slot) = (0..n).find(|i| !state.work.asked.contains(i)) else { return Ok(None) };
@@ -439,6 +452,12 @@ impl Run<'_> {
                 (Some(st), Some((state, slot))) => self.train_and_tell(store, &state, st.trial_id, st.number, slot, owner, beat)?,
                 _ => match over {
                     Some((best, test_accuracy)) => {
+                        return Ok(Outcome { best, test_accuracy, member_epochs: n * self.config.epochs });
+                    }
+                    // Finished by `run` in one process, which stores no outcome: found here.
+                    None if done_without_outcome => {
+                        let state = self.state_from(&store.strategy_state(self.study, 0)?.1)?;
+                        let (best, test_accuracy) = self.final_outcome(&state)?;
                         return Ok(Outcome { best, test_accuracy, member_epochs: n * self.config.epochs });
                     }
                     // Every member of this step is with a worker: wait for their tells.
@@ -778,6 +797,12 @@ fn study(
         root,
         artifacts,
     };
+    if as_worker && archsearch_store::is_postgres(url) && run.artifacts.is_none() {
+        bail!(
+            "PBT workers on a PostgreSQL study need `[study] artifacts` (or --artifacts): members' checkpoints pass from worker \
+             to worker, and a child must start from its parents' weights; run the population in one process with `run` instead"
+        );
+    }
     let start = std::time::Instant::now();
     let out = if as_worker {
         let owner = archsearch_store::owner_id(rand::random());
