@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use archsearch_core::{Direction, TrialState};
 use std::cell::RefCell;
+use std::time::Duration;
 
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
@@ -132,6 +133,12 @@ CREATE TRIGGER finished_trials_take_no_values BEFORE INSERT OR UPDATE ON archsea
 "#;
 
 /// The server's clock in Unix seconds, as SQL.
+/// Every session's settings: the server drops a connection whose peer is
+/// silent for 2 minutes (a machine gone), and ends a transaction left idle
+/// for 10 (a process stopped while holding the study row lock).
+const SESSION: &str = "SET tcp_keepalives_idle = 60; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 6; \
+                       SET idle_in_transaction_session_timeout = '10min'";
+
 const NOW: &str = "extract(epoch from clock_timestamp())::double precision";
 
 /// Prepared statements of one connection, by SQL text.
@@ -297,7 +304,25 @@ impl PostgresStorage {
 
     fn connect(url: &str, read_only: bool) -> Result<Self> {
         let shown = redact(url);
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::backend(&shown, e))?;
+        let err = |e| StoreError::backend(&shown, e);
+        let mut config: postgres::Config = url.parse().map_err(err)?;
+        // A worker whose server (or network) is gone finds out in about two
+        // minutes rather than the default two hours (unless the URL says).
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(Duration::from_secs(60));
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(Duration::from_secs(10));
+        }
+        if config.get_keepalives_retries().is_none() {
+            config.keepalives_retries(6);
+        }
+        let mut client = config.connect(NoTls).map_err(err)?;
+        // And the server about a dead or hung worker: its transaction, and
+        // the study row it locks, end within minutes, not hours. (A worker's
+        // transactions are short; the longest, a PBT exploit step, mixes a
+        // few checkpoints.)
+        client.batch_execute(SESSION).map_err(err)?;
         Ok(PostgresStorage { client: RefCell::new(client), statements: Statements::default(), url: url.to_string(), shown, read_only })
     }
 
@@ -933,5 +958,19 @@ mod tests {
         let server_now: f64 = s.client.get_mut().query_one(&format!("SELECT {NOW}"), &[]).unwrap().get(0);
         let t = s.trial(id, 0).unwrap();
         assert!((server_now - t.heartbeat).abs() < 5.0, "heartbeat {} vs server {server_now}", t.heartbeat);
+    }
+
+    /// Every connection tells the server to drop it when its machine goes
+    /// silent and to end a transaction left idle, so that a dead worker
+    /// never holds the study row lock for hours.
+    #[test]
+    fn a_dead_workers_locks_do_not_outlive_it_for_hours() {
+        let url = fresh_database(&server()).unwrap();
+        let s = PostgresStorage::open(&url).unwrap();
+        let show = |name: &str| s.client.borrow_mut().query_one(&format!("SHOW {name}"), &[]).unwrap().get::<_, String>(0);
+        assert_eq!(show("idle_in_transaction_session_timeout"), "10min");
+        // Zero on a Unix socket, where the kernel knows when the peer dies.
+        assert!(["60", "1min", "0"].contains(&show("tcp_keepalives_idle").as_str()), "{}", show("tcp_keepalives_idle"));
+        assert!(["6", "0"].contains(&show("tcp_keepalives_count").as_str()));
     }
 }

@@ -334,6 +334,7 @@ impl TrainTask {
         total: usize,
         lr: Option<f64>,
         evaluate_test: bool,
+        keep_going: &mut dyn FnMut() -> bool,
     ) -> Result<trainer::RunResult, TrainError> {
         tch::set_num_threads(self.config.threads);
         let model = self.build(arch, seed)?;
@@ -345,7 +346,7 @@ impl TrainTask {
             spec.optim.lr = lr;
         }
         let place = trainer::Place { dir, fp, runner: &format!("pid {}", std::process::id()), shared };
-        trainer::train(&model, &self.data, &spec, seed, Some(place), &mut |_, _| true)
+        trainer::train(&model, &self.data, &spec, seed, Some(place), &mut |_, _| keep_going())
     }
 
     /// A freshly initialised network of `arch` as named CPU tensors, and the

@@ -10,7 +10,7 @@ use archsearch_train::export::Verified;
 use archsearch_train::{checkpoint, DeviceChoice, TrainTask};
 
 use crate::config::{Config, TaskConfig};
-use crate::study::{best, checkpoint_root};
+use crate::study::{best, checkpoint_dir, shared_key};
 
 /// What was exported, and what `--verify` measured.
 pub struct Outcome {
@@ -65,12 +65,11 @@ pub fn run(url: &str, name: Option<&str>, trial: Option<u64>, out: &Path, python
     };
     let arch: Architecture = serde_json::from_str(&t.arch_json).with_context(|| format!("trial {}", t.number))?;
     let task = TrainTask::new(task_config, config.space()?, task_config.proxy.clone(), false, Some(DeviceChoice::Cpu))?;
-    let root = checkpoint_root(url).with_context(|| format!("{url} keeps no checkpoints"))?;
-    let dir = root.join(&study.name).join(format!("trial-{}", t.number));
+    let dir = checkpoint_dir(url, &study).with_context(|| format!("{url} keeps no checkpoints"))?.join(format!("trial-{}", t.number));
     // A study sharing its checkpoints: the shared one is the newest.
     if let Some(a) = &config.study.artifacts {
         let store = crate::artifacts::open(a).with_context(|| format!("[study] artifacts of study `{}`", study.name))?;
-        let key = format!("{}/trial-{}/{}", study.name, t.number, checkpoint::FILE);
+        let key = shared_key(&study, &format!("trial-{}", t.number));
         checkpoint::pull(&dir, &archsearch_tasks::SharedSlot { store, key });
     }
     let file = dir.join(checkpoint::FILE);

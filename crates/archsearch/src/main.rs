@@ -8,7 +8,7 @@ use archsearch::bench::replay;
 use archsearch::config::{read_toml, Config};
 use archsearch::registry::StrategyConfig;
 use archsearch::report::{study_report, summary, table};
-use archsearch::study::{checkpoint_root, Study};
+use archsearch::study::{checkpoint_dir, Study};
 use archsearch::{out, outln};
 use archsearch_core::space::SpaceSpec;
 use archsearch_tasks::tabular::{TableQuery, TableTask};
@@ -471,8 +471,8 @@ fn run_one(config: &Config, url: &str, quiet: bool, device: Option<DeviceChoice>
     OPEN_STORES.lock().unwrap_or_else(|e| e.into_inner()).push(url.to_string());
     let shown = archsearch_store::shown_url(url);
     let study = Study::open(config, store, device).with_context(|| format!("opening study `{}` in {shown}", config.name()))?;
-    let mut study = match checkpoint_root(url) {
-        Some(root) => study.with_checkpoints(root),
+    let mut study = match checkpoint_dir(url, study.record()) {
+        Some(dir) => study.with_checkpoints(dir),
         None => study,
     };
     match &study.config().study.artifacts {

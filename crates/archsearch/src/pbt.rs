@@ -260,7 +260,7 @@ impl Run<'_> {
 
     /// Where member `id`'s checkpoint is shared, if anywhere.
     fn shared(&self, id: u64) -> Option<SharedSlot> {
-        let key = format!("{}/member-{id}/{}", self.name, checkpoint::FILE);
+        let key = crate::study::shared_key_of(&self.name, &self.uid, &format!("member-{id}"));
         self.artifacts.as_ref().map(|store| SharedSlot { store: store.clone(), key })
     }
 
@@ -343,13 +343,20 @@ impl Run<'_> {
             .max_by(|a, b| a.fitness.unwrap().total_cmp(&b.fitness.unwrap()))
             .cloned()
             .ok_or_else(|| anyhow!("every member failed"))?;
-        let test = self.train(&best, self.config.epochs, true)?.test_accuracy;
+        let test = self.train(&best, self.config.epochs, true, &mut || true)?.test_accuracy;
         Ok((best, test))
     }
 
     /// Trains member `m` up to epoch `until` from its checkpoint (pulled
-    /// from the artifact store first, and each new one pushed there).
-    fn train(&self, m: &Member, until: usize, evaluate_test: bool) -> Result<archsearch_train::trainer::RunResult> {
+    /// from the artifact store first, and each new one pushed there);
+    /// stops, before writing the next checkpoint, once `keep_going` says no.
+    fn train(
+        &self,
+        m: &Member,
+        until: usize,
+        evaluate_test: bool,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<archsearch_train::trainer::RunResult> {
         let fp = self.task.fingerprint(&self.uid, format!("member-{}", m.id), &m.arch);
         let shared = self.shared(m.id);
         let r = self.task.train_member(
@@ -362,6 +369,7 @@ impl Run<'_> {
             self.config.epochs,
             Some(m.lr),
             evaluate_test,
+            keep_going,
         )?;
         Ok(r)
     }
@@ -485,8 +493,19 @@ impl Run<'_> {
         let m = &state.members[slot];
         let until = (state.step + 1) * self.config.interval;
         beat.set(Some(trial));
-        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train(m, until, false)));
+        let start = std::time::Instant::now();
+        // Each epoch's checkpoint is written only while this worker still
+        // owns the trial (asked of the store itself, not just the heartbeat
+        // thread's last answer): one that lost it stops at once.
+        let mut still_mine = || !beat.lost() && store.heartbeat(trial, owner, start.elapsed().as_secs_f64()).unwrap_or(true);
+        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.train(m, until, false, &mut still_mine)));
         beat.set(None);
+        if let Ok(Err(e)) = &trained {
+            if matches!(e.downcast_ref(), Some(archsearch_train::TrainError::Cancelled { .. })) {
+                tracing::warn!(trial = number, member = m.id, "taken over by another worker: stopped before its next checkpoint");
+                return Ok(());
+            }
+        }
         let metrics = |lr: f64| {
             BTreeMap::from([("member".to_string(), m.id as f64), ("step".to_string(), state.step as f64), ("lr".to_string(), lr)])
         };
@@ -540,7 +559,10 @@ impl Run<'_> {
         match told {
             Ok(_) => Ok(()),
             // Taken over after a stale heartbeat: the new owner tells it.
-            Err(StoreError::NotOwner { .. } | StoreError::Finished(_)) => Ok(()),
+            Err(StoreError::NotOwner { .. } | StoreError::Finished(_)) => {
+                tracing::warn!(trial = number, member = m.id, "taken over by another worker: its result is theirs");
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -685,7 +707,7 @@ fn train_all(run: &Run<'_>, members: &mut [Member], until: usize) {
                         let i = next.fetch_add(1, Ordering::SeqCst);
                         let Some(m) = members.get(i) else { break };
                         // A panic in training (libtorch errors panic in tch) fails the member.
-                        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.train(m, until, false)));
+                        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run.train(m, until, false, &mut || true)));
                         let r = match trained {
                             Ok(r) => r.map(|r| r.valid_accuracy).map_err(|e| format!("{e:#}")),
                             Err(p) => Err(format!("training panicked: {}", crate::panic_message(p.as_ref()))),
@@ -782,7 +804,7 @@ fn study(
     };
     let new = NewStudy { name: config.name().into(), config: config.to_toml(), seed: config.study.seed, direction: config.study.direction };
     let (record, _) = store.open_study(&new)?;
-    let root = crate::study::checkpoint_root(url).with_context(|| format!("{shown} keeps no checkpoints"))?.join(&record.name);
+    let root = crate::study::checkpoint_dir(url, &record).with_context(|| format!("{shown} keeps no checkpoints"))?;
     let workers = workers.or(config.study.workers).unwrap_or(1).max(1);
     crate::config::check_workers(workers)?;
     let mut run = Run {

@@ -155,6 +155,11 @@ impl Beat {
         self.lost.store(false, Ordering::Relaxed);
     }
 
+    /// Whether the current trial was taken over by another runner.
+    pub(crate) fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     /// Beats for the current trial every `every` until stopped, on its own
     /// connection, so that a trial's owner looks alive however long its
     /// epochs are (and records what the attempt has cost so far).
@@ -176,12 +181,12 @@ impl Beat {
                         let still = self.current.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|c| c == (trial, since));
                         if still && !self.lost.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
-                                trial,
+                                trial_id = trial,
                                 "this runner no longer owns the trial it evaluates (taken over after a stale heartbeat); stopping it"
                             );
                         }
                     }
-                    Err(e) => tracing::warn!(trial, error = %e, "heartbeat failed"),
+                    Err(e) => tracing::warn!(trial_id = trial, error = %e, "heartbeat failed"),
                 }
             }
         }
@@ -382,14 +387,15 @@ impl Study {
         self.finish()
     }
 
-    /// Lets trials checkpoint under `root` (`root/STUDY/trial-N/`), so a trial
-    /// killed mid-training resumes from its last checkpoint.
-    pub fn with_checkpoints(mut self, root: std::path::PathBuf) -> Self {
-        self.checkpoint_root = Some(root.join(&self.record.name));
+    /// Lets trials checkpoint under `dir` (`dir/trial-N/`; see
+    /// [`checkpoint_dir`]), so a trial killed mid-training resumes from its
+    /// last checkpoint.
+    pub fn with_checkpoints(mut self, dir: std::path::PathBuf) -> Self {
+        self.checkpoint_root = Some(dir);
         self
     }
 
-    /// Shares trials' checkpoints through `store` (under `STUDY/trial-N/`):
+    /// Shares trials' checkpoints through `store` (see [`shared_key`]):
     /// each checkpoint written is pushed there, and a trial resumed (a
     /// promotion, or a takeover after a crash) first pulls it, so a worker
     /// on any machine continues from what another one wrote. Needs a local
@@ -603,10 +609,10 @@ impl Study {
             study: self.record.uid.clone(),
             owner: format!("trial-{number}"),
             runner: self.owner.clone(),
-            shared: self.artifacts.as_ref().map(|store| SharedSlot {
-                store: store.clone(),
-                key: format!("{}/trial-{number}/{}", self.record.name, archsearch_train::checkpoint::FILE),
-            }),
+            shared: self
+                .artifacts
+                .as_ref()
+                .map(|store| SharedSlot { store: store.clone(), key: shared_key(&self.record, &format!("trial-{number}")) }),
         });
         let mut reporter = StoreReporter { store: self.store.as_mut(), trial, owner: &self.owner, error: None, lost: &beat.lost };
         let mut ctx = TrialContext { number, seed: trial_seed(self.record.seed, number), checkpoint, reporter: &mut reporter, budget };
@@ -704,17 +710,29 @@ pub fn trial_seed(seed: u64, number: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Where a study store at `url` keeps its trials' checkpoints on this
-/// machine (`ROOT/STUDY/trial-N/`): `PATH.ckpt` beside a SQLite store; for
-/// a PostgreSQL store, `archsearch-cache/` in the working folder (each
-/// worker's own; `[study] artifacts` shares them); none for an in-memory
-/// store.
-pub fn checkpoint_root(url: &str) -> Option<std::path::PathBuf> {
+/// Where this machine keeps the checkpoints of `study` (`DIR/trial-N/`,
+/// `DIR/member-N/`): `PATH.ckpt/STUDY` beside a SQLite store; for a
+/// PostgreSQL store, `archsearch-cache/STUDY/UID` in the working folder
+/// (each worker's own, and keyed by the study's uid, since two databases may
+/// hold studies of one name; `[study] artifacts` shares them); none for an
+/// in-memory store.
+pub fn checkpoint_dir(url: &str, study: &StudyRecord) -> Option<std::path::PathBuf> {
     if archsearch_store::is_postgres(url) {
-        return Some(std::path::PathBuf::from("archsearch-cache"));
+        return Some(std::path::Path::new("archsearch-cache").join(&study.name).join(&study.uid));
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
-    (!path.contains("://") && path != ":memory:").then(|| std::path::PathBuf::from(format!("{path}.ckpt")))
+    (!path.contains("://") && path != ":memory:").then(|| std::path::PathBuf::from(format!("{path}.ckpt")).join(&study.name))
+}
+
+/// The key of `owner`'s checkpoint (`trial-N`, `member-N`) in a study's
+/// artifact store: `STUDY/UID/OWNER/checkpoint.safetensors`, so studies of
+/// one name (in two databases, or made anew) never overwrite each other's.
+pub fn shared_key(study: &StudyRecord, owner: &str) -> String {
+    shared_key_of(&study.name, &study.uid, owner)
+}
+
+pub(crate) fn shared_key_of(name: &str, uid: &str, owner: &str) -> String {
+    format!("{name}/{uid}/{owner}/{}", archsearch_train::checkpoint::FILE)
 }
 
 /// The best complete trial of a study, if any.

@@ -23,14 +23,13 @@ fn fresh_store() -> String {
 }
 
 fn spawn_worker(config: &Path, url: &str, cwd: &Path, extra: &[&str]) -> Child {
-    bin()
-        .args(["worker", config.to_str().unwrap(), "--study", url, "--quiet"])
-        .args(extra)
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    worker(config, url, cwd).args(extra).spawn().unwrap()
+}
+
+fn worker(config: &Path, url: &str, cwd: &Path) -> std::process::Command {
+    let mut c = bin();
+    c.args(["worker", config.to_str().unwrap(), "--study", url, "--quiet"]).current_dir(cwd).stdout(Stdio::null()).stderr(Stdio::piped());
+    c
 }
 
 fn sigkill(child: &mut Child) {
@@ -154,8 +153,7 @@ fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared_in_a_folder()
     let d = tempfile::tempdir().unwrap();
     let shared = d.path().join("shared");
     let artifacts = format!("file://{}", shared.display());
-    let shared_ckpt = shared.join("handover/trial-0/checkpoint.safetensors");
-    handover(d.path(), &artifacts, &|| shared_ckpt.exists());
+    handover(d.path(), &artifacts, &|key| shared.join(key).exists());
 }
 
 #[test]
@@ -167,10 +165,11 @@ fn a_trial_resumes_on_another_worker_from_the_checkpoint_it_shared_on_s3() {
     let artifacts = format!("{bucket}/handover-{:x}", rand::random::<u64>());
     let store = archsearch::artifacts::open(&artifacts).unwrap();
     let probe = d.path().join("probe");
-    handover(d.path(), &artifacts, &|| store.get("handover/trial-0/checkpoint.safetensors", &probe).unwrap());
+    handover(d.path(), &artifacts, &|key| store.get(key, &probe).unwrap());
 }
 
-fn handover(dir: &Path, artifacts: &str, shared_yet: &dyn Fn() -> bool) {
+/// `shared(key)`: whether the artifact store holds `key` yet.
+fn handover(dir: &Path, artifacts: &str, shared: &dyn Fn(&str) -> bool) {
     let url = fresh_store();
     let d = dir;
     let (a, b) = (d.join("a"), d.join("b"));
@@ -180,13 +179,15 @@ fn handover(dir: &Path, artifacts: &str, shared_yet: &dyn Fn() -> bool) {
     let config = train_config(d, "handover", fixed, 4, &format!("trials = 1\nartifacts = \"{artifacts}\""));
     let mut worker_a = spawn_worker(&config, &url, &a, &[]);
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !shared_yet() {
+    // Shared checkpoints are keyed by the study's uid (known once A made it).
+    let uid = || archsearch_store::open_read_only(&url).ok().and_then(|s| s.study("handover").ok()).map(|r| r.uid);
+    while !uid().is_some_and(|uid| shared(&format!("handover/{uid}/trial-0/checkpoint.safetensors"))) {
         assert!(Instant::now() < deadline, "worker A shared no checkpoint in 300 s");
         assert!(worker_a.try_wait().unwrap().is_none(), "worker A ended before it was killed");
         std::thread::sleep(Duration::from_millis(20));
     }
     sigkill(&mut worker_a);
-    assert!(a.join("archsearch-cache/handover/trial-0").exists(), "A's own cache");
+    assert!(a.join(format!("archsearch-cache/handover/{}/trial-0", uid().unwrap())).exists(), "A's own cache");
     let out = bin().args(["worker", config.to_str().unwrap(), "--study", &url, "--quiet"]).current_dir(&b).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let store = archsearch_store::open_read_only(&url).unwrap();
@@ -289,6 +290,20 @@ mix_probability = 0.5
     p
 }
 
+/// Two workers of `config`, each in its own folder under `dir` (their
+/// warnings kept).
+fn two_workers(dir: &Path, config: &Path, url: &str) -> (Vec<PathBuf>, Vec<Child>) {
+    let folders: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("w{i}"))).collect();
+    let workers = folders
+        .iter()
+        .map(|f| {
+            std::fs::create_dir_all(f).unwrap();
+            worker(config, url, f).env("ARCHSEARCH_LOG", "warn").spawn().unwrap()
+        })
+        .collect();
+    (folders, workers)
+}
+
 /// Every member's record at every step, as `(step, member, arch, fitness, parents, lineage)`.
 fn population(store: &dyn archsearch_store::Storage) -> Vec<(u64, u64, String, String, String, String)> {
     let id = store.study("pbt-workers").unwrap().id;
@@ -315,14 +330,7 @@ fn a_pbt_population_trained_by_two_workers_equals_one_process() {
     let d = tempfile::tempdir().unwrap();
     let artifacts = format!("file://{}", d.path().join("shared").display());
     let config = pbt_config(d.path(), &format!("artifacts = \"{artifacts}\""));
-    let folders: Vec<PathBuf> = (0..2).map(|i| d.path().join(format!("w{i}"))).collect();
-    let mut workers: Vec<Child> = folders
-        .iter()
-        .map(|f| {
-            std::fs::create_dir_all(f).unwrap();
-            spawn_worker(&config, &url, f, &[])
-        })
-        .collect();
+    let (folders, mut workers) = two_workers(d.path(), &config, &url);
     // Kill worker 0 once the first step is recorded, then start it again.
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -352,4 +360,78 @@ fn a_pbt_population_trained_by_two_workers_equals_one_process() {
     run_ok(&["run", single.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
     let one = archsearch_store::open_read_only(db.to_str().unwrap()).unwrap();
     assert_eq!(shared, population(one.as_ref()), "two workers (one killed) make the population one process makes");
+}
+
+/// A PBT worker stopped (SIGSTOP: a hung machine) while it trains a member,
+/// for longer than `stale_after`: the other worker takes the member over
+/// and trains it from the shared checkpoint. Continued, the stopped worker
+/// finds it lost the member, stops training it before it writes or shares
+/// another checkpoint, tells nothing, and goes on with the population,
+/// which ends exactly as one process makes it.
+#[test]
+fn a_stopped_pbt_worker_gives_its_member_up_and_the_population_is_unchanged() {
+    let url = fresh_store();
+    let d = tempfile::tempdir().unwrap();
+    let artifacts = format!("file://{}", d.path().join("shared").display());
+    let config = pbt_config(d.path(), &format!("stale_after = 2.0\nartifacts = \"{artifacts}\""));
+    let (_, mut workers) = two_workers(d.path(), &config, &url);
+    let pid = workers[0].id();
+    let trials = || {
+        let s = archsearch_store::open_read_only(&url).ok()?;
+        s.trials(s.study("pbt-workers").ok()?.id).ok()
+    };
+    let signal = |sig| {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+    };
+    // Stopped while it owns a running member; a stop that lands inside a
+    // transaction (the other worker then waits for it) is undone and tried
+    // again.
+    let mut taken_over = None;
+    for _ in 0..5 {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mine = loop {
+            assert!(Instant::now() < deadline, "worker 0 never trained a member");
+            let running =
+                trials().unwrap_or_default().into_iter().find(|t| t.state == TrialState::Running && t.owner.contains(&format!(":{pid}@")));
+            if let Some(t) = running.filter(|t| t.number >= 2) {
+                break t.number;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        signal(libc::SIGSTOP);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && taken_over.is_none() {
+            let t = trials().unwrap_or_default().into_iter().find(|t| t.number == mine);
+            if t.is_some_and(|t| t.state == TrialState::Complete && t.attempts == 2) {
+                taken_over = Some(mine);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal(libc::SIGCONT);
+        if taken_over.is_some() {
+            break;
+        }
+    }
+    let mine = taken_over.expect("the stopped worker's member was never taken over");
+    let mut said = Vec::new();
+    for w in &mut workers {
+        let (status, err) = w.wait_with_output_ref();
+        assert!(status.success(), "{err}");
+        said.push(err);
+    }
+    eprintln!("the stopped worker said: {}", said[0].trim());
+    assert!(said[0].contains("taken over by another worker"), "{}", said[0]);
+    let store = archsearch_store::open_read_only(&url).unwrap();
+    let t = store.trials(store.study("pbt-workers").unwrap().id).unwrap();
+    assert_eq!(t.len(), 4 * 3, "one trial per member interval");
+    assert!(t.iter().all(|t| t.state == TrialState::Complete));
+    let taken = t.iter().find(|t| t.number == mine).unwrap();
+    assert!(!taken.owner.contains(&format!(":{pid}@")), "told by the worker that took it over");
+    let shared = population(store.as_ref());
+    let single = pbt_config(d.path(), "");
+    let db = d.path().join("single.db");
+    run_ok(&["run", single.to_str().unwrap(), "--study", db.to_str().unwrap(), "--quiet"]);
+    let one = archsearch_store::open_read_only(db.to_str().unwrap()).unwrap();
+    assert_eq!(shared, population(one.as_ref()), "a stopped and continued worker changes nothing");
 }
